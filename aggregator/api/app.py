@@ -1,0 +1,96 @@
+"""The aiohttp application: channel endpoints, health, readiness and metrics."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from aggregator.bus import Bus, BusUnavailable
+from aggregator.channels import ChannelManager
+from aggregator.ingest import IngestClosed
+from aggregator.metrics import CONTENT_TYPE, Metrics
+from aggregator.store import Store
+
+log = logging.getLogger(__name__)
+
+STORE = web.AppKey("store", Store)
+BUS = web.AppKey("bus", Bus)
+METRICS = web.AppKey("metrics", Metrics)
+CHANNELS = web.AppKey("channels", ChannelManager)
+
+
+def error_response(status: int, code: str, message: str, field: str | None = None) -> web.Response:
+    body: dict[str, Any] = {"code": code, "message": message}
+    if field is not None:
+        body["field"] = field
+    return web.json_response({"error": body}, status=status)
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Every error is JSON with a stable code; no traceback reaches a client."""
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except web.HTTPException as exc:
+        if exc.content_type == "application/json" or exc.status < 400:
+            raise
+        code = exc.reason.lower().replace(" ", "_")
+        return error_response(exc.status, code, exc.text or exc.reason)
+    except IngestClosed as exc:
+        return error_response(503, "shutting_down", str(exc))
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(500, "internal_error", "internal error; the server log has the details")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    checks: dict[str, str] = {}
+    try:
+        await request.app[STORE].ping()
+        checks["store"] = "ok"
+    except Exception as exc:
+        checks["store"] = f"unavailable: {exc}"
+    try:
+        await request.app[BUS].ping()
+        checks["bus"] = "ok"
+    except BusUnavailable as exc:
+        checks["bus"] = f"unavailable: {exc}"
+    ready = all(value == "ok" for value in checks.values())
+    return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": CONTENT_TYPE})
+
+
+async def channel_endpoint(request: web.Request) -> web.StreamResponse:
+    kind = request.match_info["kind"]
+    channel_id = request.match_info["channel_id"]
+    adapter = await request.app[CHANNELS].get(channel_id)
+    if adapter is None or adapter.kind != kind:
+        return error_response(404, "unknown_channel", f"no {kind} channel with id {channel_id!r}")
+    return await adapter.handle_request(request.match_info["path"], request)
+
+
+def create_app(
+    store: Store, bus: Bus, metrics_: Metrics, channels: ChannelManager, max_body_bytes: int
+) -> web.Application:
+    # Bodies are read by the handlers themselves, each against its own limit; this bound only keeps
+    # aiohttp's own buffering (request.read/json) from taking more.
+    app = web.Application(middlewares=[json_errors], client_max_size=max_body_bytes)
+    app[STORE] = store
+    app[BUS] = bus
+    app[METRICS] = metrics_
+    app[CHANNELS] = channels
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_route("*", "/channels/{kind}/{channel_id}/{path:.*}", channel_endpoint)
+    return app

@@ -1,0 +1,135 @@
+"""Running channel accounts: builds each adapter with its context, starts and stops it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import aiohttp
+
+from aggregator.bus import Bus
+from aggregator.model import ConnectionState
+from aggregator.store import ChannelAccount, NotFound, Store
+from channels.base import AdapterContext, ChannelAccountRef, ChannelAdapter, InboundSink, Registry
+
+log = logging.getLogger(__name__)
+
+
+class _Checkpoints:
+    def __init__(self, store: Store, account_id: str) -> None:
+        self._store = store
+        self._account_id = account_id
+
+    async def get(self, key: str) -> Any:
+        return await self._store.get_checkpoint(self._account_id, key)
+
+    async def set(self, key: str, value: Any) -> None:
+        await self._store.set_checkpoint(self._account_id, key, value)
+
+
+class ChannelManager:
+    """The adapters of all enabled channel accounts in this process."""
+
+    def __init__(
+        self,
+        store: Store,
+        bus: Bus,
+        registry: Registry,
+        sink: InboundSink,
+        http: aiohttp.ClientSession,
+        *,
+        clock: Callable[[], datetime],
+        node_id: str,
+        max_body_bytes: int,
+        max_attachment_bytes: int,
+    ) -> None:
+        self.store = store
+        self.bus = bus
+        self.registry = registry
+        self.sink = sink
+        self.http = http
+        self.clock = clock
+        self.node_id = node_id
+        self.max_body_bytes = max_body_bytes
+        self.max_attachment_bytes = max_attachment_bytes
+        self.adapters: dict[str, ChannelAdapter[Any]] = {}
+        self._lock = asyncio.Lock()
+
+    def build(self, account: ChannelAccount) -> ChannelAdapter[Any]:
+        """An adapter for the account (not started); raises ConfigInvalid or UnknownChannelKind."""
+        adapter_class = self.registry.get(account.kind)
+        config = adapter_class.config_model.parse(account.kind, {**account.config, **account.secrets})
+        logger = logging.getLogger(f"channels.{account.kind}.{account.id}")
+
+        async def report_state(state: ConnectionState, detail: str | None) -> None:
+            try:
+                await self.store.set_channel_state(account.id, state, detail)
+            except Exception:
+                logger.exception("could not record connection state %s", state)
+
+        context = AdapterContext(
+            sink=self.sink,
+            checkpoints=_Checkpoints(self.store, account.id),
+            bus=self.bus,
+            http=self.http,
+            clock=self.clock,
+            logger=logger,
+            report_state=report_state,
+            max_body_bytes=self.max_body_bytes,
+            max_attachment_bytes=self.max_attachment_bytes,
+            node_id=self.node_id,
+        )
+        ref = ChannelAccountRef(account.id, account.workspace_id, account.kind, account.name)
+        return adapter_class(ref, config, context)
+
+    async def start_all(self) -> None:
+        for account in await self.store.list_channel_accounts(enabled_only=True):
+            await self._start(account)
+
+    async def refresh(self) -> None:
+        """Start accounts added or enabled since the last look (e.g. by the CLI)."""
+        for account in await self.store.list_channel_accounts(enabled_only=True):
+            if account.id not in self.adapters:
+                await self._start(account)
+
+    async def _start(self, account: ChannelAccount) -> ChannelAdapter[Any] | None:
+        async with self._lock:
+            if account.id in self.adapters:
+                return self.adapters[account.id]
+            try:
+                adapter = self.build(account)
+                await adapter.start()
+            except Exception as exc:
+                log.error("channel %s (%s, %s) not started: %s", account.name, account.kind, account.id, exc)
+                await self.store.set_channel_state(account.id, ConnectionState.UNKNOWN_ERROR, str(exc))
+                return None
+            self.adapters[account.id] = adapter
+            log.info("channel %s (%s, %s) started", account.name, account.kind, account.id)
+            return adapter
+
+    async def get(self, account_id: str) -> ChannelAdapter[Any] | None:
+        """The running adapter, starting it first when the account exists but is not running yet."""
+        adapter = self.adapters.get(account_id)
+        if adapter is not None:
+            return adapter
+        try:
+            account = await self.store.get_channel_account(account_id)
+        except NotFound:
+            return None
+        if not account.enabled:
+            return None
+        return await self._start(account)
+
+    def running(self, account_id: str) -> ChannelAdapter[Any] | None:
+        return self.adapters.get(account_id)
+
+    async def stop_all(self) -> None:
+        adapters = list(self.adapters.values())
+        self.adapters.clear()
+        results = await asyncio.gather(*(a.stop() for a in adapters), return_exceptions=True)
+        for adapter, result in zip(adapters, results, strict=True):
+            if isinstance(result, BaseException):
+                log.error("channel %s did not stop cleanly: %r", adapter.account.id, result)

@@ -1,0 +1,289 @@
+"""The `aggregator` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from aggregator.bus import create_bus
+from aggregator.channels import ChannelManager
+from aggregator.config import ConfigError, Settings, load_settings
+from aggregator.daemon import Daemon, bootstrap, new_token, open_store
+from aggregator.model import Role, utcnow
+from aggregator.secrets import SecretKeyError
+from aggregator.store import Conflict, NotFound, Store
+from channels.base import ConfigInvalid, Registry, UnknownChannelKind
+
+EXAMPLES = """\
+examples:
+  aggregator serve                                  start the daemon (config: ./aggregator.toml if present)
+  aggregator token create --role agent              print a new agent token for the default workspace
+  aggregator channel add api --name shop --set secret=... --set callback_url=https://shop.example/hook
+  aggregator channel list
+  aggregator channel check CHANNEL_ID
+
+Settings come from --config (or $AGGREGATOR_CONFIG, or ./aggregator.toml), overridden by AGGREGATOR_*
+environment variables (e.g. AGGREGATOR_REDIS_URL, AGGREGATOR_HTTP__PORT). See config/aggregator.example.toml.
+"""
+
+
+class CliError(Exception):
+    """A problem the user can fix; printed without a traceback."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aggregator",
+        description="Omnichannel message aggregator: one inbox for every customer channel.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", type=Path, help="configuration file (TOML)")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = commands.add_parser("serve", help="run the daemon in the foreground (migrates the schema first)")
+    serve.add_argument("--host", help="address to listen on (default from config: 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default from config: 8080)")
+
+    commands.add_parser("migrate", help="bring the database schema up to date")
+
+    workspace = commands.add_parser("workspace", help="manage workspaces").add_subparsers(
+        dest="action", metavar="ACTION", required=True
+    )
+    workspace.add_parser("create", help="create a workspace").add_argument("name")
+    workspace.add_parser("list", help="list workspaces")
+
+    user = commands.add_parser("user", help="manage users").add_subparsers(
+        dest="action", metavar="ACTION", required=True
+    )
+    user_create = user.add_parser("create", help="create a user; prints its id")
+    user_create.add_argument("--name", required=True)
+    user_create.add_argument("--email", required=True)
+    user_create.add_argument("--role", choices=[r.value for r in Role], default=Role.AGENT.value)
+    user_create.add_argument("--languages", default="", help="comma-separated language codes, e.g. en,de,hu")
+    user_create.add_argument("--capacity", type=int, default=10, help="open conversations at once")
+    user_create.add_argument("--workspace", help="workspace name (default: the default workspace)")
+
+    token = commands.add_parser("token", help="manage API tokens").add_subparsers(
+        dest="action", metavar="ACTION", required=True
+    )
+    token_create = token.add_parser("create", help="create an API token; prints only the token")
+    token_create.add_argument("--role", choices=[r.value for r in Role], required=True)
+    token_create.add_argument("--workspace", help="workspace name (default: the default workspace)")
+    token_create.add_argument("--name", default="", help="a note to recognise the token by")
+
+    channel = commands.add_parser("channel", help="manage channel accounts").add_subparsers(
+        dest="action", metavar="ACTION", required=True
+    )
+    channel_add = channel.add_parser("add", help="add a channel account; prints only its id")
+    channel_add.add_argument("kind", help="channel kind, e.g. api")
+    channel_add.add_argument("--name", required=True)
+    channel_add.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config key (repeat)",
+    )
+    channel_add.add_argument("--workspace", help="workspace name (default: the default workspace)")
+    channel_list = channel.add_parser("list", help="list channel accounts with their connection state")
+    channel_list.add_argument("--workspace", help="only this workspace")
+    channel.add_parser("check", help="test a channel's credentials live").add_argument("id")
+    channel.add_parser("kinds", help="list the installed channel kinds")
+    return parser
+
+
+async def _with_store(settings: Settings, work: Callable[[Store], Awaitable[int]]) -> int:
+    store = open_store(settings)
+    try:
+        await bootstrap_quietly(store, settings)
+        return await work(store)
+    finally:
+        await store.close()
+
+
+async def bootstrap_quietly(store: Store, settings: Settings) -> None:
+    result = await bootstrap(store, settings)
+    if result.admin_token is not None:
+        print(
+            f"created the first admin token for workspace {result.workspace.name!r} (shown once):\n"
+            f"  {result.admin_token}",
+            file=sys.stderr,
+        )
+
+
+async def _workspace_id(store: Store, settings: Settings, name: str | None) -> str:
+    return (await store.get_workspace_by_name(name or settings.default_workspace)).id
+
+
+def _parse_sets(pairs: Sequence[str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CliError(f"--set {pair!r}: expected KEY=VALUE")
+        values[key.strip()] = value
+    return values
+
+
+async def _serve(settings: Settings) -> int:
+    daemon = Daemon(settings)
+
+    def announce(d: Daemon) -> None:
+        if d.bootstrap is not None and d.bootstrap.admin_token is not None:
+            print(
+                f"\nFirst admin token for workspace {d.bootstrap.workspace.name!r} (shown once, keep it):\n"
+                f"  {d.bootstrap.admin_token}\n",
+                flush=True,
+            )
+        bus = "Redis" if settings.redis_url else "in-process (no Redis)"
+        print(
+            f"aggregator serving on http://{settings.http.host}:{d.port}  "
+            f"(data: {settings.data_dir.resolve()}, bus: {bus}); Ctrl-C stops it",
+            flush=True,
+        )
+
+    await daemon.serve(announce)
+    return 0
+
+
+async def _channel_check(settings: Settings, channel_id: str) -> int:
+    async def work(store: Store) -> int:
+        account = await store.get_channel_account(channel_id)
+        bus = create_bus(None)
+        async with aiohttp.ClientSession() as http:
+
+            async def no_sink(_: Any) -> Any:
+                raise RuntimeError("channel check does not receive messages")
+
+            manager = ChannelManager(
+                store,
+                bus,
+                Registry(),
+                no_sink,
+                http,
+                clock=utcnow,
+                node_id="cli",
+                max_body_bytes=settings.http.max_body_bytes,
+                max_attachment_bytes=settings.max_attachment_bytes,
+            )
+            result = await manager.build(account).check()
+        print(f"{'ok' if result.ok else 'FAILED'}: {account.kind} channel {account.name!r}: {result.detail}")
+        return 0 if result.ok else 1
+
+    return await _with_store(settings, work)
+
+
+async def _run(args: argparse.Namespace, settings: Settings) -> int:
+    command = args.command
+    action = getattr(args, "action", None)
+    if command == "serve":
+        return await _serve(settings)
+    if command == "migrate":
+        store = open_store(settings)
+        try:
+            before, after = await store.migrate()
+        finally:
+            await store.close()
+        print(
+            f"schema at {after} (was {before or 'empty'})"
+            if before != after
+            else f"schema up to date ({after})"
+        )
+        return 0
+    if command == "channel" and action == "check":
+        return await _channel_check(settings, args.id)
+
+    async def work(store: Store) -> int:
+        if command == "workspace" and action == "create":
+            print((await store.create_workspace(args.name)).id)
+        elif command == "workspace" and action == "list":
+            for workspace in await store.list_workspaces():
+                print(f"{workspace.id}  {workspace.name}")
+        elif command == "user" and action == "create":
+            languages = [code.strip() for code in args.languages.split(",") if code.strip()]
+            workspace_id = await _workspace_id(store, settings, args.workspace)
+            print(
+                await store.create_user(
+                    workspace_id, args.name, args.email, Role(args.role), languages, args.capacity
+                )
+            )
+        elif command == "token" and action == "create":
+            workspace_id = await _workspace_id(store, settings, args.workspace)
+            token = new_token()
+            await store.create_token(workspace_id, Role(args.role), token, name=args.name)
+            print(token)
+        elif command == "channel" and action == "add":
+            registry = Registry()
+            config = registry.parse_config(args.kind, _parse_sets(args.settings))
+            plain, secret = config.split_secrets()
+            workspace_id = await _workspace_id(store, settings, args.workspace)
+            print(await store.create_channel_account(workspace_id, args.kind, args.name, plain, secret))
+        elif command == "channel" and action == "list":
+            only: str | None = await _workspace_id(store, settings, args.workspace) if args.workspace else None
+            names = {w.id: w.name for w in await store.list_workspaces()}
+            accounts = await store.list_channel_accounts(only)
+            if not accounts:
+                print(
+                    "no channels yet: add one with `aggregator channel add KIND --name NAME --set key=value`"
+                )
+            for account in accounts:
+                detail = f" ({account.state_detail})" if account.state_detail else ""
+                print(
+                    f"{account.id}  {account.kind:<10} {account.name:<24} "
+                    f"workspace={names.get(account.workspace_id, '?')}  {account.state}{detail}"
+                )
+        elif command == "channel" and action == "kinds":
+            for kind, adapter in sorted(Registry().adapters.items()):
+                print(f"{kind:<12} {adapter.__module__}.{adapter.__qualname__}")
+        else:
+            raise CliError(f"unknown command {command} {action or ''}".strip())
+        return 0
+
+    return await _with_store(settings, work)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        overrides: dict[str, Any] = {}
+        if args.command == "serve" and (args.host or args.port is not None):
+            http: dict[str, Any] = {}
+            if args.host:
+                http["host"] = args.host
+            if args.port is not None:
+                http["port"] = args.port
+            overrides["http"] = http
+        settings = load_settings(args.config, **overrides)
+        logging.basicConfig(
+            level=settings.log_level,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            stream=sys.stderr,
+        )
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        return asyncio.run(_run(args, settings))
+    except (
+        ConfigError,
+        CliError,
+        ConfigInvalid,
+        UnknownChannelKind,
+        NotFound,
+        Conflict,
+        SecretKeyError,
+    ) as exc:
+        print(f"aggregator: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""The inbound pipeline: dedup, contact, thread, commit, then publish; adapters wait for the commit.
+
+Messages that arrive together are committed together (group commit): one writer task drains the
+queue into a batch, writes it in one transaction, and answers each waiting adapter only after that
+transaction is durable. While one batch commits, the next one gathers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from aggregator.attachments import AttachmentStore
+from aggregator.bus import Bus, BusUnavailable
+from aggregator.metrics import Metrics
+from aggregator.model import Event, InboundMessage, IngestResult, utcnow
+from aggregator.store import PreparedInbound, Store, StoredAttachment
+
+log = logging.getLogger(__name__)
+
+EventHook = Callable[[Event], None]
+
+
+class IngestClosed(Exception):
+    """The daemon is shutting down and takes no more messages; the source should retry later."""
+
+
+@dataclass(slots=True)
+class _Pending:
+    prepared: PreparedInbound
+    kind: str
+    future: asyncio.Future[IngestResult]
+    started: float
+
+
+class Ingestor:
+    """The sink adapters hand inbound messages to."""
+
+    def __init__(
+        self,
+        store: Store,
+        bus: Bus,
+        attachments: AttachmentStore,
+        metrics: Metrics,
+        *,
+        max_batch: int = 500,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.store = store
+        self.bus = bus
+        self.attachments = attachments
+        self.metrics = metrics
+        self.max_batch = max_batch
+        self.clock = clock
+        self.hooks: list[EventHook] = []
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._events: asyncio.Queue[Event] = asyncio.Queue(maxsize=100_000)
+        self._accounts: dict[str, tuple[str, str]] = {}
+        self._writer: asyncio.Task[None] | None = None
+        self._publisher: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def start(self) -> None:
+        self._writer = asyncio.create_task(self._write_loop(), name="ingest-writer")
+        self._publisher = asyncio.create_task(self._publish_loop(), name="ingest-publisher")
+
+    async def stop(self) -> None:
+        """Take no new messages, commit those already taken, publish what is committed."""
+        self._closed = True
+        await self._queue.join()
+        await self._events.join()
+        for task in (self._writer, self._publisher):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    def forget_account(self, channel_account_id: str) -> None:
+        self._accounts.pop(channel_account_id, None)
+
+    async def _account(self, channel_account_id: str) -> tuple[str, str]:
+        known = self._accounts.get(channel_account_id)
+        if known is None:
+            account = await self.store.get_channel_account(channel_account_id)
+            known = self._accounts[channel_account_id] = (account.workspace_id, account.kind)
+        return known
+
+    async def __call__(self, message: InboundMessage) -> IngestResult:
+        """Store the message exactly once; return only after it is durable."""
+        if self._closed:
+            raise IngestClosed("the daemon is shutting down; retry later")
+        started = time.perf_counter()
+        workspace_id, kind = await self._account(message.channel_account_id)
+        stored = []
+        for attachment in message.attachments:
+            self.attachments.check_size(attachment.filename, len(attachment.content))
+            digest = await self.attachments.put(attachment.content)
+            stored.append(
+                StoredAttachment(
+                    attachment.filename, attachment.content_type, len(attachment.content), digest
+                )
+            )
+        raw_ref = await self.attachments.put(message.raw) if message.raw is not None else None
+        future: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
+        prepared = PreparedInbound(message, workspace_id, stored, raw_ref)
+        await self._queue.put(_Pending(prepared, kind, future, started))
+        return await future
+
+    async def _write_loop(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self.max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                await self._commit(batch)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        try:
+            outcome = await self.store.ingest_batch([p.prepared for p in batch], self.clock())
+        except Exception as exc:
+            if len(batch) == 1:
+                log.exception("storing inbound message %s failed", batch[0].prepared.message.external_id)
+                if not batch[0].future.done():
+                    batch[0].future.set_exception(exc)
+                return
+            # One bad message must not fail its neighbours: store them one by one.
+            log.warning("batch of %d failed (%s); retrying one by one", len(batch), exc)
+            for pending in batch:
+                await self._commit([pending])
+            return
+        self.metrics.ingest_batch_size.observe(len(batch))
+        done = time.perf_counter()
+        for pending, result in zip(batch, outcome.results, strict=True):
+            if result.created:
+                self.metrics.messages_in.labels(pending.kind).inc()
+            else:
+                self.metrics.duplicates_in.labels(pending.kind).inc()
+            self.metrics.ingest_latency.observe(done - pending.started)
+            if not pending.future.done():
+                pending.future.set_result(result)
+        for event in outcome.events:
+            try:
+                self._events.put_nowait(event)
+            except asyncio.QueueFull:
+                log.warning("live event queue full; dropping %s (the record is in SQL)", event.type)
+
+    async def _publish_loop(self) -> None:
+        while True:
+            event = await self._events.get()
+            try:
+                for hook in self.hooks:
+                    hook(event)
+                await self.bus.publish(event)
+            except BusUnavailable as exc:
+                log.debug("event %s not published: %s", event.type, exc)
+            except Exception:
+                log.exception("publishing event %s failed", event.type)
+            finally:
+                self._events.task_done()

@@ -1,0 +1,196 @@
+"""Domain types shared by the core and the channel adapters."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from ulid import ULID
+
+
+def new_id() -> str:
+    """A new time-ordered, globally unique record id (ULID, 26 characters)."""
+    return str(ULID())
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Role(enum.StrEnum):
+    ADMIN = "admin"
+    AGENT = "agent"
+    SELLER = "seller"
+
+
+class ConversationStatus(enum.StrEnum):
+    OPEN = "open"
+    PENDING = "pending"
+    SNOOZED = "snoozed"
+    RESOLVED = "resolved"
+
+
+class Priority(enum.StrEnum):
+    LOW = "low"
+    NORMAL = "normal"
+    HIGH = "high"
+    URGENT = "urgent"
+
+
+class Direction(enum.StrEnum):
+    IN = "in"
+    OUT = "out"
+
+
+class MessageKind(enum.StrEnum):
+    MESSAGE = "message"
+    NOTE = "note"
+    EVENT = "event"
+
+
+class DeliveryStatus(enum.StrEnum):
+    QUEUED = "queued"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    READ = "read"
+    FAILED = "failed"
+
+
+class OutboxStatus(enum.StrEnum):
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+class ConnectionState(enum.StrEnum):
+    """What admins see of a channel account's link to its service."""
+
+    STOPPED = "stopped"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    TRANSIENT_DISCONNECT = "transient_disconnect"
+    BAD_CREDENTIALS = "bad_credentials"
+    UNKNOWN_ERROR = "unknown_error"
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """A contact's address on one channel kind (email address, Telegram user id, PSID ...)."""
+
+    kind: str
+    address: str
+    display_name: str | None = None
+    email: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InboundAttachment:
+    filename: str
+    content_type: str
+    content: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class MessageFlags:
+    auto_submitted: bool = False
+    bulk: bool = False
+    bounce: bool = False
+    echo: bool = False
+
+    @property
+    def automatic(self) -> bool:
+        """True for mail that must neither reopen a conversation nor get an automatic reply."""
+        return self.auto_submitted or self.bulk or self.bounce
+
+    def as_list(self) -> list[str]:
+        return [name for name in ("auto_submitted", "bulk", "bounce", "echo") if getattr(self, name)]
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadHints:
+    """How a message finds its conversation.
+
+    `keys` are looked up in order, strongest first (our own Message-ID or reply token, then
+    References / In-Reply-To, chat id, order id). `own_keys` are registered for the conversation the
+    message lands in, so later messages can find it. With no key matching, `by_contact` threads the
+    message into the contact's latest conversation on the same channel account.
+    `thread_ref` is the channel's own name of the thread (chat id, API thread_id), kept on a new
+    conversation so replies go back to the same place.
+    """
+
+    keys: tuple[str, ...] = ()
+    own_keys: tuple[str, ...] = ()
+    by_contact: bool = True
+    thread_ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InboundMessage:
+    """One message as a channel adapter hands it to the core, before it is stored."""
+
+    channel_account_id: str
+    external_id: str
+    sender: Identity
+    text: str
+    thread: ThreadHints = field(default_factory=ThreadHints)
+    subject: str | None = None
+    html: str | None = None
+    recipients: tuple[Identity, ...] = ()
+    attachments: tuple[InboundAttachment, ...] = ()
+    sent_at: datetime | None = None
+    language_hint: str | None = None
+    flags: MessageFlags = field(default_factory=MessageFlags)
+    raw: bytes | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    message_id: str
+    conversation_id: str
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundAttachment:
+    filename: str
+    content_type: str
+    path: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundMessage:
+    """A queued reply as the outbox hands it to an adapter. `message_id` is the idempotency key."""
+
+    message_id: str
+    conversation_id: str
+    channel_account_id: str
+    recipient: Identity
+    text: str
+    attempt: int
+    html: str | None = None
+    subject: str | None = None
+    thread_ref: str | None = None
+    in_reply_to: str | None = None
+    attachments: tuple[OutboundAttachment, ...] = ()
+    automatic: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    external_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A change that live clients and background work react to; published after commit."""
+
+    type: str
+    workspace_id: str
+    data: dict[str, Any]
+    conversation_id: str | None = None
+    id: str = field(default_factory=new_id)

@@ -1,0 +1,378 @@
+"""Writing a batch of inbound messages in one transaction (group commit).
+
+A handful of statements per batch, whatever its size: the per-statement cost (thread hand-off to the
+SQLite driver, statement compilation) is paid once per batch instead of once per message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import bindparam, insert, select, text, tuple_, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from aggregator.model import (
+    ConversationStatus,
+    Direction,
+    Event,
+    InboundMessage,
+    IngestResult,
+    MessageKind,
+    Priority,
+    new_id,
+)
+from aggregator.store import schema as t
+from aggregator.threading import choose_conversation, status_after_inbound
+
+SEARCH_INSERT = text(
+    "INSERT INTO search_index (body, workspace_id, conversation_id, ref_id, kind) "
+    "VALUES (:body, :workspace_id, :conversation_id, :ref_id, :kind)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredAttachment:
+    filename: str
+    content_type: str
+    size: int
+    sha256: str
+
+
+@dataclass(slots=True)
+class PreparedInbound:
+    """An inbound message whose attachments and raw original are already on disk."""
+
+    message: InboundMessage
+    workspace_id: str
+    attachments: Sequence[StoredAttachment] = ()
+    raw_ref: str | None = None
+
+
+@dataclass(slots=True)
+class BatchOutcome:
+    results: list[IngestResult]
+    events: list[Event] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Conversation:
+    id: str
+    status: ConversationStatus
+    new: bool
+    changed: bool = False
+    reopened: bool = False
+    last_activity_at: datetime | None = None
+
+
+async def ingest_batch(
+    conn: AsyncConnection, items: Sequence[PreparedInbound], now: datetime
+) -> BatchOutcome:
+    """Store what is new in `items` (in order) and say where each one went."""
+    m, i, c, k = t.messages, t.identities, t.conversations, t.thread_keys
+
+    dedup_keys = {(p.message.channel_account_id, p.message.external_id) for p in items}
+    existing: dict[tuple[str, str], IngestResult] = {}
+    if dedup_keys:
+        rows = await conn.execute(
+            select(m.c.id, m.c.conversation_id, m.c.channel_account_id, m.c.external_id).where(
+                tuple_(m.c.channel_account_id, m.c.external_id).in_(list(dedup_keys))
+            )
+        )
+        for row in rows:
+            existing[(row.channel_account_id, row.external_id)] = IngestResult(
+                row.id, row.conversation_id, created=False
+            )
+    fresh = [p for p in items if (p.message.channel_account_id, p.message.external_id) not in existing]
+
+    identity_keys = {(p.workspace_id, p.message.sender.kind, p.message.sender.address) for p in fresh}
+    identity_of: dict[tuple[str, str, str], tuple[str, str, str | None]] = {}
+    if identity_keys:
+        rows = await conn.execute(
+            select(i.c.id, i.c.contact_id, i.c.workspace_id, i.c.kind, i.c.address, i.c.display_name).where(
+                tuple_(i.c.workspace_id, i.c.kind, i.c.address).in_(list(identity_keys))
+            )
+        )
+        for row in rows:
+            identity_of[(row.workspace_id, row.kind, row.address)] = (
+                row.id,
+                row.contact_id,
+                row.display_name,
+            )
+
+    key_pairs = {(p.message.channel_account_id, key) for p in fresh for key in p.message.thread.keys}
+    key_matches: dict[str, dict[str, str]] = {}
+    if key_pairs:
+        rows = await conn.execute(
+            select(k.c.channel_account_id, k.c.key, k.c.conversation_id).where(
+                tuple_(k.c.channel_account_id, k.c.key).in_(list(key_pairs))
+            )
+        )
+        for row in rows:
+            key_matches.setdefault(row.channel_account_id, {})[row.key] = row.conversation_id
+
+    known_contacts = {contact_id for _, contact_id, _ in identity_of.values()}
+    latest_of_contact: dict[tuple[str, str], str] = {}
+    conversations: dict[str, _Conversation] = {}
+    if known_contacts:
+        rows = await conn.execute(
+            select(c.c.id, c.c.contact_id, c.c.channel_account_id, c.c.status)
+            .where(c.c.contact_id.in_(list(known_contacts)))
+            .order_by(c.c.last_activity_at)
+        )
+        for row in rows:
+            latest_of_contact[(row.contact_id, row.channel_account_id)] = row.id
+            conversations[row.id] = _Conversation(row.id, ConversationStatus(row.status), new=False)
+    wanted = {cid for matches in key_matches.values() for cid in matches.values()} - conversations.keys()
+    if wanted:
+        rows = await conn.execute(select(c.c.id, c.c.status).where(c.c.id.in_(list(wanted))))
+        for row in rows:
+            conversations[row.id] = _Conversation(row.id, ConversationStatus(row.status), new=False)
+
+    new_contacts: list[dict[str, Any]] = []
+    new_identities: list[dict[str, Any]] = []
+    renamed_identities: list[dict[str, Any]] = []
+    new_conversations: list[dict[str, Any]] = []
+    new_messages: list[dict[str, Any]] = []
+    new_attachments: list[dict[str, Any]] = []
+    new_keys: dict[tuple[str, str], str] = {}
+    search_rows: list[dict[str, Any]] = []
+    audit_rows: list[dict[str, Any]] = []
+    events: list[Event] = []
+    results: list[IngestResult] = []
+    done_in_batch: dict[tuple[str, str], IngestResult] = {}
+
+    for prepared in items:
+        msg = prepared.message
+        ws = prepared.workspace_id
+        account = msg.channel_account_id
+        dedup_key = (account, msg.external_id)
+        repeat = existing.get(dedup_key) or done_in_batch.get(dedup_key)
+        if repeat is not None:
+            results.append(IngestResult(repeat.message_id, repeat.conversation_id, created=False))
+            continue
+
+        identity_key = (ws, msg.sender.kind, msg.sender.address)
+        known = identity_of.get(identity_key)
+        if known is None:
+            contact_id, identity_id = new_id(), new_id()
+            new_contacts.append(
+                {
+                    "id": contact_id,
+                    "workspace_id": ws,
+                    "name": msg.sender.display_name,
+                    "email": msg.sender.email,
+                    "attributes": {},
+                    "created_at": now,
+                    "updated_at": now,
+                }
+            )
+            new_identities.append(
+                {
+                    "id": identity_id,
+                    "workspace_id": ws,
+                    "contact_id": contact_id,
+                    "kind": msg.sender.kind,
+                    "address": msg.sender.address,
+                    "display_name": msg.sender.display_name,
+                    "created_at": now,
+                }
+            )
+            if msg.sender.display_name:
+                search_rows.append(
+                    {
+                        "body": msg.sender.display_name,
+                        "workspace_id": ws,
+                        "conversation_id": None,
+                        "ref_id": contact_id,
+                        "kind": "contact",
+                    }
+                )
+            identity_of[identity_key] = (identity_id, contact_id, msg.sender.display_name)
+        else:
+            identity_id, contact_id, display_name = known
+            if msg.sender.display_name and msg.sender.display_name != display_name:
+                renamed_identities.append({"b_id": identity_id, "b_name": msg.sender.display_name})
+                identity_of[identity_key] = (identity_id, contact_id, msg.sender.display_name)
+
+        matches = key_matches.setdefault(account, {})
+        conversation_id = choose_conversation(
+            msg.thread, matches, latest_of_contact.get((contact_id, account))
+        )
+        if conversation_id is None:
+            conversation_id = new_id()
+            conv = _Conversation(conversation_id, ConversationStatus.OPEN, new=True)
+            conversations[conversation_id] = conv
+            new_conversations.append(
+                {
+                    "id": conversation_id,
+                    "workspace_id": ws,
+                    "channel_account_id": account,
+                    "contact_id": contact_id,
+                    "identity_id": identity_id,
+                    "status": ConversationStatus.OPEN.value,
+                    "priority": Priority.NORMAL.value,
+                    "labels": [],
+                    "subject": msg.subject,
+                    "thread_ref": msg.thread.thread_ref,
+                    "last_activity_at": now,
+                    "last_inbound_at": now,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+            )
+            if msg.subject:
+                search_rows.append(
+                    {
+                        "body": msg.subject,
+                        "workspace_id": ws,
+                        "conversation_id": conversation_id,
+                        "ref_id": conversation_id,
+                        "kind": "subject",
+                    }
+                )
+            audit_rows.append(_audit(ws, conversation_id, "conversation.created", {}, now))
+            events.append(
+                Event("conversation.created", ws, {"conversation_id": conversation_id}, conversation_id)
+            )
+        else:
+            conv = conversations[conversation_id]
+            status = status_after_inbound(conv.status, msg.flags)
+            if status is not conv.status:
+                audit_rows.append(
+                    _audit(ws, conversation_id, "conversation.reopened", {"from": conv.status.value}, now)
+                )
+                events.append(
+                    Event(
+                        "conversation.reopened",
+                        ws,
+                        {"conversation_id": conversation_id, "from": conv.status.value},
+                        conversation_id,
+                    )
+                )
+                conv.status = status
+                conv.reopened = True
+            conv.changed = True
+        latest_of_contact[(contact_id, account)] = conversation_id
+        for key in (*msg.thread.keys, *msg.thread.own_keys):
+            if key not in matches:
+                matches[key] = conversation_id
+                new_keys[(account, key)] = conversation_id
+
+        message_id = new_id()
+        new_messages.append(
+            {
+                "id": message_id,
+                "workspace_id": ws,
+                "conversation_id": conversation_id,
+                "channel_account_id": account,
+                "direction": Direction.IN.value,
+                "kind": MessageKind.MESSAGE.value,
+                "sender_contact_id": contact_id,
+                "subject": msg.subject,
+                "text": msg.text,
+                "html": msg.html,
+                "external_id": msg.external_id,
+                "raw_ref": prepared.raw_ref,
+                "flags": msg.flags.as_list(),
+                "extra": msg.extra,
+                "language": msg.language_hint,
+                "sent_at": msg.sent_at,
+                "created_at": now,
+            }
+        )
+        for attachment in prepared.attachments:
+            new_attachments.append(
+                {
+                    "id": new_id(),
+                    "workspace_id": ws,
+                    "message_id": message_id,
+                    "filename": attachment.filename,
+                    "content_type": attachment.content_type,
+                    "size": attachment.size,
+                    "sha256": attachment.sha256,
+                    "created_at": now,
+                }
+            )
+        if msg.text:
+            search_rows.append(
+                {
+                    "body": msg.text,
+                    "workspace_id": ws,
+                    "conversation_id": conversation_id,
+                    "ref_id": message_id,
+                    "kind": "message",
+                }
+            )
+        events.append(
+            Event(
+                "message.created",
+                ws,
+                {"message_id": message_id, "conversation_id": conversation_id, "direction": "in"},
+                conversation_id,
+            )
+        )
+        result = IngestResult(message_id, conversation_id, created=True)
+        done_in_batch[dedup_key] = result
+        results.append(result)
+
+    if new_contacts:
+        await conn.execute(insert(t.contacts), new_contacts)
+        await conn.execute(insert(t.identities), new_identities)
+    if renamed_identities:
+        await conn.execute(
+            update(i).where(i.c.id == bindparam("b_id")).values(display_name=bindparam("b_name")),
+            renamed_identities,
+        )
+    if new_conversations:
+        await conn.execute(insert(t.conversations), new_conversations)
+    if new_messages:
+        await conn.execute(insert(t.messages), new_messages)
+    if new_attachments:
+        await conn.execute(insert(t.attachments), new_attachments)
+    if new_keys:
+        await conn.execute(
+            insert(k).prefix_with("OR IGNORE"),
+            [
+                {"channel_account_id": a, "key": key, "conversation_id": cid}
+                for (a, key), cid in new_keys.items()
+            ],
+        )
+    touched = [
+        {"b_id": conv.id, "b_status": conv.status.value, "b_now": now}
+        for conv in conversations.values()
+        if conv.changed and not conv.new
+    ]
+    if touched:
+        await conn.execute(
+            update(c)
+            .where(c.c.id == bindparam("b_id"))
+            .values(
+                status=bindparam("b_status"),
+                last_activity_at=bindparam("b_now"),
+                last_inbound_at=bindparam("b_now"),
+                updated_at=bindparam("b_now"),
+            ),
+            touched,
+        )
+    if search_rows:
+        await conn.execute(SEARCH_INSERT, search_rows)
+    if audit_rows:
+        await conn.execute(insert(t.audit_events), audit_rows)
+    return BatchOutcome(results, events)
+
+
+def _audit(
+    workspace_id: str, conversation_id: str, kind: str, data: dict[str, Any], now: datetime
+) -> dict[str, Any]:
+    return {
+        "id": new_id(),
+        "workspace_id": workspace_id,
+        "conversation_id": conversation_id,
+        "actor": "system",
+        "type": kind,
+        "data": data,
+        "created_at": now,
+    }

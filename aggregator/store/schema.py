@@ -1,0 +1,293 @@
+"""The SQL schema (SQLAlchemy Core). Alembic migrations under migrations/ create it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.types import TypeDecorator
+
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes stored as fixed-width ISO 8601 text, so text order is time order."""
+
+    impl = String(27)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> str | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given where an aware UTC datetime is required")
+        return value.astimezone(UTC).strftime(TIME_FORMAT)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return datetime.strptime(value, TIME_FORMAT).replace(tzinfo=UTC)
+
+
+def format_time(value: datetime) -> str:
+    return value.astimezone(UTC).strftime(TIME_FORMAT)
+
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+ID = String(26)
+
+
+def _id() -> Column[str]:
+    return Column("id", ID, primary_key=True)
+
+
+def _workspace() -> Column[str]:
+    return Column("workspace_id", ID, ForeignKey("workspaces.id"), nullable=False)
+
+
+def _created() -> Column[datetime]:
+    return Column("created_at", UTCDateTime(), nullable=False)
+
+
+workspaces = Table(
+    "workspaces",
+    metadata,
+    _id(),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("default_language", String(35), nullable=False, server_default="en"),
+    Column("settings", JSON, nullable=False, default=dict),
+    _created(),
+)
+
+users = Table(
+    "users",
+    metadata,
+    _id(),
+    _workspace(),
+    Column("name", String(200), nullable=False),
+    Column("email", String(320), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("languages", JSON, nullable=False, default=list),
+    Column("capacity", Integer, nullable=False, server_default="10"),
+    _created(),
+    UniqueConstraint("workspace_id", "email"),
+)
+
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    _id(),
+    _workspace(),
+    Column("user_id", ID, ForeignKey("users.id")),
+    Column("role", String(16), nullable=False),
+    Column("name", String(200), nullable=False, server_default=""),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    _created(),
+    Column("last_used_at", UTCDateTime()),
+    Column("revoked_at", UTCDateTime()),
+)
+
+teams = Table(
+    "teams",
+    metadata,
+    _id(),
+    _workspace(),
+    Column("name", String(200), nullable=False),
+    Column("languages", JSON, nullable=False, default=list),
+    _created(),
+    UniqueConstraint("workspace_id", "name"),
+)
+
+team_members = Table(
+    "team_members",
+    metadata,
+    Column("team_id", ID, ForeignKey("teams.id"), primary_key=True),
+    Column("user_id", ID, ForeignKey("users.id"), primary_key=True),
+)
+
+contacts = Table(
+    "contacts",
+    metadata,
+    _id(),
+    _workspace(),
+    Column("name", String(400)),
+    Column("email", String(320)),
+    Column("language", String(35)),
+    Column("attributes", JSON, nullable=False, default=dict),
+    Column("merged_into", ID, ForeignKey("contacts.id")),
+    _created(),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+identities = Table(
+    "identities",
+    metadata,
+    _id(),
+    _workspace(),
+    Column("contact_id", ID, ForeignKey("contacts.id"), nullable=False, index=True),
+    Column("kind", String(32), nullable=False),
+    Column("address", String(512), nullable=False),
+    Column("display_name", String(400)),
+    _created(),
+    UniqueConstraint("workspace_id", "kind", "address"),
+)
+
+channel_accounts = Table(
+    "channel_accounts",
+    metadata,
+    _id(),
+    _workspace(),
+    Column("kind", String(32), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("config", JSON, nullable=False, default=dict),
+    Column("secrets", LargeBinary),
+    Column("enabled", Integer, nullable=False, server_default="1"),
+    Column("state", String(32), nullable=False, server_default="stopped"),
+    Column("state_detail", Text),
+    _created(),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    UniqueConstraint("workspace_id", "name"),
+)
+
+channel_checkpoints = Table(
+    "channel_checkpoints",
+    metadata,
+    Column("channel_account_id", ID, ForeignKey("channel_accounts.id"), primary_key=True),
+    Column("key", String(200), primary_key=True),
+    Column("value", JSON, nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+conversations = Table(
+    "conversations",
+    metadata,
+    _id(),
+    _workspace(),
+    Column("channel_account_id", ID, ForeignKey("channel_accounts.id"), nullable=False),
+    Column("contact_id", ID, ForeignKey("contacts.id"), nullable=False),
+    Column("identity_id", ID, ForeignKey("identities.id"), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("priority", String(16), nullable=False, server_default="normal"),
+    Column("assignee_id", ID, ForeignKey("users.id")),
+    Column("team_id", ID, ForeignKey("teams.id")),
+    Column("labels", JSON, nullable=False, default=list),
+    Column("language", String(35)),
+    Column("subject", Text),
+    Column("thread_ref", String(512)),
+    Column("last_activity_at", UTCDateTime(), nullable=False),
+    Column("last_inbound_at", UTCDateTime()),
+    Column("first_response_at", UTCDateTime()),
+    Column("resolved_at", UTCDateTime()),
+    Column("snoozed_until", UTCDateTime()),
+    _created(),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Index(None, "workspace_id", "last_activity_at"),
+    Index(None, "contact_id", "channel_account_id", "last_activity_at"),
+)
+
+thread_keys = Table(
+    "thread_keys",
+    metadata,
+    Column("channel_account_id", ID, ForeignKey("channel_accounts.id"), primary_key=True),
+    Column("key", String(1024), primary_key=True),
+    Column("conversation_id", ID, ForeignKey("conversations.id"), nullable=False),
+)
+
+messages = Table(
+    "messages",
+    metadata,
+    _id(),
+    _workspace(),
+    Column("conversation_id", ID, ForeignKey("conversations.id"), nullable=False),
+    Column("channel_account_id", ID, ForeignKey("channel_accounts.id"), nullable=False),
+    Column("direction", String(3), nullable=False),
+    Column("kind", String(8), nullable=False),
+    Column("sender_contact_id", ID, ForeignKey("contacts.id")),
+    Column("sender_user_id", ID, ForeignKey("users.id")),
+    Column("subject", Text),
+    Column("text", Text, nullable=False),
+    Column("html", Text),
+    Column("external_id", String(512)),
+    Column("delivery_status", String(16)),
+    Column("delivery_error", Text),
+    Column("raw_ref", String(64)),
+    Column("flags", JSON, nullable=False, default=list),
+    Column("extra", JSON, nullable=False, default=dict),
+    Column("language", String(35)),
+    Column("sent_at", UTCDateTime()),
+    _created(),
+    UniqueConstraint("channel_account_id", "external_id"),
+    Index(None, "conversation_id", "created_at"),
+)
+
+attachments = Table(
+    "attachments",
+    metadata,
+    _id(),
+    _workspace(),
+    Column("message_id", ID, ForeignKey("messages.id"), nullable=False, index=True),
+    Column("filename", String(512), nullable=False),
+    Column("content_type", String(255), nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    _created(),
+)
+
+outbox = Table(
+    "outbox",
+    metadata,
+    _id(),
+    _workspace(),
+    Column("message_id", ID, ForeignKey("messages.id"), nullable=False, unique=True),
+    Column("channel_account_id", ID, ForeignKey("channel_accounts.id"), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", UTCDateTime(), nullable=False),
+    Column("claimed_until", UTCDateTime()),
+    Column("last_error", Text),
+    _created(),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Index(None, "status", "next_attempt_at"),
+)
+
+audit_events = Table(
+    "audit_events",
+    metadata,
+    _id(),
+    _workspace(),
+    Column("conversation_id", ID, ForeignKey("conversations.id"), index=True),
+    Column("actor", String(200), nullable=False),
+    Column("type", String(64), nullable=False),
+    Column("data", JSON, nullable=False, default=dict),
+    _created(),
+)
+
+# The FTS5 index is created by the migration (SQLAlchemy has no type for it):
+# search_index(body, workspace_id UNINDEXED, conversation_id UNINDEXED, ref_id UNINDEXED, kind UNINDEXED)
+SEARCH_INDEX_DDL = (
+    "CREATE VIRTUAL TABLE IF NOT EXISTS search_index USING fts5("
+    "body, workspace_id UNINDEXED, conversation_id UNINDEXED, ref_id UNINDEXED, kind UNINDEXED, "
+    "tokenize = 'unicode61 remove_diacritics 2')"
+)

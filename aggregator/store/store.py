@@ -1,0 +1,544 @@
+"""The record: every query the daemon makes, each scoped by workspace."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, func, insert, or_, select, text, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from aggregator.model import (
+    ConnectionState,
+    DeliveryStatus,
+    Direction,
+    Identity,
+    MessageKind,
+    OutboxStatus,
+    Role,
+    new_id,
+    utcnow,
+)
+from aggregator.secrets import SecretBox
+from aggregator.store import schema as t
+from aggregator.store.engine import WRITE_OPTION, create_engine, migrate
+from aggregator.store.ingest_batch import BatchOutcome, PreparedInbound, ingest_batch
+
+
+class NotFound(Exception):
+    """No such record in this workspace."""
+
+
+class Conflict(Exception):
+    """The record would clash with an existing one (e.g. a name already taken)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Workspace:
+    id: str
+    name: str
+    default_language: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelAccount:
+    id: str
+    workspace_id: str
+    kind: str
+    name: str
+    config: dict[str, Any]
+    secrets: dict[str, str]
+    enabled: bool
+    state: str
+    state_detail: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    id: str
+    workspace_id: str
+    user_id: str | None
+    role: Role
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    """A claimed outbox row with all an adapter needs to send it."""
+
+    outbox_id: str
+    workspace_id: str
+    message_id: str
+    conversation_id: str
+    channel_account_id: str
+    attempts: int
+    text: str
+    html: str | None
+    subject: str | None
+    thread_ref: str | None
+    recipient: Identity
+    automatic: bool
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Store:
+    """Access to the SQL record. Adapters never see it; the core calls it."""
+
+    def __init__(self, engine: AsyncEngine, secret_box: SecretBox) -> None:
+        self.engine = engine
+        self.secret_box = secret_box
+
+    @classmethod
+    def open(cls, url: str, secret_box: SecretBox) -> Store:
+        return cls(create_engine(url), secret_box)
+
+    async def migrate(self) -> tuple[str | None, str | None]:
+        return await migrate(self.engine)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction, holding SQLite's write lock from its start."""
+        async with self.engine.connect() as conn:
+            conn = await conn.execution_options(**{WRITE_OPTION: True})
+            async with conn.begin():
+                yield conn
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.connect() as conn:
+            yield conn
+
+    async def ping(self) -> None:
+        async with self.read() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    # Workspaces, users, tokens
+
+    async def create_workspace(self, name: str, default_language: str = "en") -> Workspace:
+        workspace = Workspace(new_id(), name, default_language)
+        try:
+            async with self.write() as conn:
+                await conn.execute(
+                    insert(t.workspaces).values(
+                        id=workspace.id,
+                        name=name,
+                        default_language=default_language,
+                        settings={},
+                        created_at=utcnow(),
+                    )
+                )
+        except IntegrityError as exc:
+            raise Conflict(f"a workspace named {name!r} exists already") from exc
+        return workspace
+
+    async def get_workspace_by_name(self, name: str) -> Workspace:
+        async with self.read() as conn:
+            row = (await conn.execute(select(t.workspaces).where(t.workspaces.c.name == name))).first()
+        if row is None:
+            raise NotFound(f"no workspace named {name!r}")
+        return Workspace(row.id, row.name, row.default_language)
+
+    async def ensure_workspace(self, name: str) -> tuple[Workspace, bool]:
+        """The workspace of that name, created when missing; True when it was created."""
+        try:
+            return await self.get_workspace_by_name(name), False
+        except NotFound:
+            return await self.create_workspace(name), True
+
+    async def list_workspaces(self) -> list[Workspace]:
+        async with self.read() as conn:
+            rows = (await conn.execute(select(t.workspaces).order_by(t.workspaces.c.name))).all()
+        return [Workspace(r.id, r.name, r.default_language) for r in rows]
+
+    async def create_user(
+        self,
+        workspace_id: str,
+        name: str,
+        email: str,
+        role: Role,
+        languages: Sequence[str] = (),
+        capacity: int = 10,
+    ) -> str:
+        user_id = new_id()
+        try:
+            async with self.write() as conn:
+                await conn.execute(
+                    insert(t.users).values(
+                        id=user_id,
+                        workspace_id=workspace_id,
+                        name=name,
+                        email=email,
+                        role=role.value,
+                        languages=list(languages),
+                        capacity=capacity,
+                        created_at=utcnow(),
+                    )
+                )
+        except IntegrityError as exc:
+            raise Conflict(f"a user with email {email!r} exists already in this workspace") from exc
+        return user_id
+
+    async def create_token(
+        self, workspace_id: str, role: Role, token: str, user_id: str | None = None, name: str = ""
+    ) -> str:
+        token_id = new_id()
+        async with self.write() as conn:
+            await conn.execute(
+                insert(t.api_tokens).values(
+                    id=token_id,
+                    workspace_id=workspace_id,
+                    user_id=user_id,
+                    role=role.value,
+                    name=name,
+                    token_hash=hash_token(token),
+                    created_at=utcnow(),
+                )
+            )
+        return token_id
+
+    async def count_tokens(self, workspace_id: str, role: Role | None = None) -> int:
+        query = (
+            select(func.count())
+            .select_from(t.api_tokens)
+            .where(t.api_tokens.c.workspace_id == workspace_id, t.api_tokens.c.revoked_at.is_(None))
+        )
+        if role is not None:
+            query = query.where(t.api_tokens.c.role == role.value)
+        async with self.read() as conn:
+            return int((await conn.execute(query)).scalar_one())
+
+    async def authenticate(self, token: str) -> TokenInfo | None:
+        async with self.read() as conn:
+            row = (
+                await conn.execute(
+                    select(t.api_tokens).where(
+                        t.api_tokens.c.token_hash == hash_token(token), t.api_tokens.c.revoked_at.is_(None)
+                    )
+                )
+            ).first()
+        if row is None:
+            return None
+        return TokenInfo(row.id, row.workspace_id, row.user_id, Role(row.role))
+
+    # Channel accounts
+
+    def _channel_account(self, row: Any) -> ChannelAccount:
+        return ChannelAccount(
+            id=row.id,
+            workspace_id=row.workspace_id,
+            kind=row.kind,
+            name=row.name,
+            config=dict(row.config),
+            secrets=self.secret_box.decrypt(row.secrets) if row.secrets else {},
+            enabled=bool(row.enabled),
+            state=row.state,
+            state_detail=row.state_detail,
+        )
+
+    async def create_channel_account(
+        self, workspace_id: str, kind: str, name: str, config: dict[str, Any], secrets: dict[str, str]
+    ) -> str:
+        account_id = new_id()
+        now = utcnow()
+        try:
+            async with self.write() as conn:
+                await conn.execute(
+                    insert(t.channel_accounts).values(
+                        id=account_id,
+                        workspace_id=workspace_id,
+                        kind=kind,
+                        name=name,
+                        config=config,
+                        secrets=self.secret_box.encrypt(secrets) if secrets else None,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+        except IntegrityError as exc:
+            raise Conflict(f"a channel named {name!r} exists already in this workspace") from exc
+        return account_id
+
+    async def get_channel_account(self, account_id: str, workspace_id: str | None = None) -> ChannelAccount:
+        query = select(t.channel_accounts).where(t.channel_accounts.c.id == account_id)
+        if workspace_id is not None:
+            query = query.where(t.channel_accounts.c.workspace_id == workspace_id)
+        async with self.read() as conn:
+            row = (await conn.execute(query)).first()
+        if row is None:
+            raise NotFound(f"no channel with id {account_id!r}")
+        return self._channel_account(row)
+
+    async def list_channel_accounts(
+        self, workspace_id: str | None = None, enabled_only: bool = False
+    ) -> list[ChannelAccount]:
+        query = select(t.channel_accounts).order_by(t.channel_accounts.c.created_at)
+        if workspace_id is not None:
+            query = query.where(t.channel_accounts.c.workspace_id == workspace_id)
+        if enabled_only:
+            query = query.where(t.channel_accounts.c.enabled == 1)
+        async with self.read() as conn:
+            rows = (await conn.execute(query)).all()
+        return [self._channel_account(r) for r in rows]
+
+    async def set_channel_state(self, account_id: str, state: ConnectionState, detail: str | None) -> None:
+        async with self.write() as conn:
+            await conn.execute(
+                update(t.channel_accounts)
+                .where(t.channel_accounts.c.id == account_id)
+                .values(state=state.value, state_detail=detail, updated_at=utcnow())
+            )
+
+    async def get_checkpoint(self, account_id: str, key: str) -> Any:
+        async with self.read() as conn:
+            return (
+                await conn.execute(
+                    select(t.channel_checkpoints.c.value).where(
+                        t.channel_checkpoints.c.channel_account_id == account_id,
+                        t.channel_checkpoints.c.key == key,
+                    )
+                )
+            ).scalar_one_or_none()
+
+    async def set_checkpoint(self, account_id: str, key: str, value: Any) -> None:
+        async with self.write() as conn:
+            updated = await conn.execute(
+                update(t.channel_checkpoints)
+                .where(
+                    t.channel_checkpoints.c.channel_account_id == account_id,
+                    t.channel_checkpoints.c.key == key,
+                )
+                .values(value=value, updated_at=utcnow())
+            )
+            if updated.rowcount == 0:
+                await conn.execute(
+                    insert(t.channel_checkpoints).values(
+                        channel_account_id=account_id, key=key, value=value, updated_at=utcnow()
+                    )
+                )
+
+    # Replies and the outbox
+
+    async def create_reply(
+        self,
+        workspace_id: str,
+        conversation_id: str,
+        text_body: str,
+        *,
+        user_id: str | None = None,
+        html: str | None = None,
+        subject: str | None = None,
+        automatic: bool = False,
+    ) -> tuple[str, str]:
+        """Store an outgoing message and its outbox row in one transaction: (message id, outbox id)."""
+        now = utcnow()
+        message_id, outbox_id = new_id(), new_id()
+        async with self.write() as conn:
+            conv = (
+                await conn.execute(
+                    select(t.conversations.c.channel_account_id, t.conversations.c.first_response_at).where(
+                        t.conversations.c.id == conversation_id,
+                        t.conversations.c.workspace_id == workspace_id,
+                    )
+                )
+            ).first()
+            if conv is None:
+                raise NotFound(f"no conversation with id {conversation_id!r}")
+            await conn.execute(
+                insert(t.messages).values(
+                    id=message_id,
+                    workspace_id=workspace_id,
+                    conversation_id=conversation_id,
+                    channel_account_id=conv.channel_account_id,
+                    direction=Direction.OUT.value,
+                    kind=MessageKind.MESSAGE.value,
+                    sender_user_id=user_id,
+                    subject=subject,
+                    text=text_body,
+                    html=html,
+                    delivery_status=DeliveryStatus.QUEUED.value,
+                    flags=["automatic"] if automatic else [],
+                    extra={},
+                    created_at=now,
+                )
+            )
+            await conn.execute(
+                insert(t.outbox).values(
+                    id=outbox_id,
+                    workspace_id=workspace_id,
+                    message_id=message_id,
+                    channel_account_id=conv.channel_account_id,
+                    status=OutboxStatus.QUEUED.value,
+                    attempts=0,
+                    next_attempt_at=now,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            values: dict[str, Any] = {"last_activity_at": now, "updated_at": now}
+            if conv.first_response_at is None and not automatic:
+                values["first_response_at"] = now
+            await conn.execute(
+                update(t.conversations).where(t.conversations.c.id == conversation_id).values(**values)
+            )
+            await conn.execute(
+                text(
+                    "INSERT INTO search_index (body, workspace_id, conversation_id, ref_id, kind) "
+                    "VALUES (:body, :ws, :conv, :ref, 'message')"
+                ),
+                {"body": text_body, "ws": workspace_id, "conv": conversation_id, "ref": message_id},
+            )
+        return message_id, outbox_id
+
+    async def claim_outbox(self, outbox_id: str, now: datetime, claim_until: datetime) -> OutboxItem | None:
+        """Take one due outbox row for sending; None when it is not due or another worker holds it."""
+        o, m, c, i = t.outbox, t.messages, t.conversations, t.identities
+        async with self.write() as conn:
+            claimed = (
+                await conn.execute(
+                    update(o)
+                    .where(
+                        o.c.id == outbox_id,
+                        or_(
+                            and_(o.c.status == OutboxStatus.QUEUED.value, o.c.next_attempt_at <= now),
+                            and_(o.c.status == OutboxStatus.SENDING.value, o.c.claimed_until < now),
+                        ),
+                    )
+                    .values(
+                        status=OutboxStatus.SENDING.value,
+                        claimed_until=claim_until,
+                        attempts=o.c.attempts + 1,
+                        updated_at=now,
+                    )
+                    .returning(o.c.attempts)
+                )
+            ).first()
+            if claimed is None:
+                return None
+            row = (
+                await conn.execute(
+                    select(
+                        o.c.workspace_id,
+                        o.c.message_id,
+                        o.c.channel_account_id,
+                        m.c.conversation_id,
+                        m.c.text,
+                        m.c.html,
+                        m.c.subject,
+                        m.c.flags,
+                        c.c.thread_ref,
+                        c.c.subject.label("conversation_subject"),
+                        i.c.kind,
+                        i.c.address,
+                        i.c.display_name,
+                    )
+                    .join(m, m.c.id == o.c.message_id)
+                    .join(c, c.c.id == m.c.conversation_id)
+                    .join(i, i.c.id == c.c.identity_id)
+                    .where(o.c.id == outbox_id)
+                )
+            ).one()
+        return OutboxItem(
+            outbox_id=outbox_id,
+            workspace_id=row.workspace_id,
+            message_id=row.message_id,
+            conversation_id=row.conversation_id,
+            channel_account_id=row.channel_account_id,
+            attempts=claimed.attempts,
+            text=row.text,
+            html=row.html,
+            subject=row.subject or row.conversation_subject,
+            thread_ref=row.thread_ref,
+            recipient=Identity(row.kind, row.address, row.display_name),
+            automatic="automatic" in row.flags,
+        )
+
+    async def finish_outbox(
+        self,
+        item: OutboxItem,
+        status: OutboxStatus,
+        *,
+        external_id: str | None = None,
+        error: str | None = None,
+        next_attempt_at: datetime | None = None,
+    ) -> None:
+        """Record the outcome of a send: sent, failed for good, or queued again for a retry."""
+        now = utcnow()
+        async with self.write() as conn:
+            await conn.execute(
+                update(t.outbox)
+                .where(t.outbox.c.id == item.outbox_id)
+                .values(
+                    status=status.value,
+                    last_error=error,
+                    claimed_until=None,
+                    next_attempt_at=next_attempt_at or now,
+                    updated_at=now,
+                )
+            )
+            message_values: dict[str, Any] = {"delivery_error": error}
+            if status is OutboxStatus.SENT:
+                message_values |= {"delivery_status": DeliveryStatus.SENT.value, "sent_at": now}
+                if external_id is not None:
+                    message_values["external_id"] = external_id
+            elif status is OutboxStatus.FAILED:
+                message_values["delivery_status"] = DeliveryStatus.FAILED.value
+            await conn.execute(
+                update(t.messages).where(t.messages.c.id == item.message_id).values(**message_values)
+            )
+
+    async def due_outbox(self, now: datetime, limit: int = 1000) -> list[tuple[str, datetime]]:
+        """Outbox rows to (re)enqueue: queued ones, and claims a crashed worker left behind."""
+        o = t.outbox
+        query = (
+            select(o.c.id, o.c.next_attempt_at)
+            .where(
+                or_(
+                    o.c.status == OutboxStatus.QUEUED.value,
+                    and_(o.c.status == OutboxStatus.SENDING.value, o.c.claimed_until < now),
+                )
+            )
+            .order_by(o.c.next_attempt_at)
+            .limit(limit)
+        )
+        async with self.read() as conn:
+            return [(r.id, r.next_attempt_at) for r in (await conn.execute(query)).all()]
+
+    async def outbox_counts(self) -> dict[str, int]:
+        query = select(t.outbox.c.status, func.count()).group_by(t.outbox.c.status)
+        async with self.read() as conn:
+            return {status: int(n) for status, n in (await conn.execute(query)).all()}
+
+    async def get_message(self, message_id: str, workspace_id: str) -> dict[str, Any]:
+        async with self.read() as conn:
+            row = (
+                await conn.execute(
+                    select(t.messages).where(
+                        t.messages.c.id == message_id, t.messages.c.workspace_id == workspace_id
+                    )
+                )
+            ).first()
+        if row is None:
+            raise NotFound(f"no message with id {message_id!r}")
+        return dict(row._mapping)
+
+    async def count_messages(self, channel_account_id: str | None = None) -> int:
+        query = select(func.count()).select_from(t.messages)
+        if channel_account_id is not None:
+            query = query.where(t.messages.c.channel_account_id == channel_account_id)
+        async with self.read() as conn:
+            return int((await conn.execute(query)).scalar_one())
+
+    async def ingest_batch(self, items: Sequence[PreparedInbound], now: datetime) -> BatchOutcome:
+        """Store a batch of inbound messages in one transaction (see ingest_batch.py)."""
+        async with self.write() as conn:
+            return await ingest_batch(conn, items, now)
