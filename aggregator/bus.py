@@ -195,6 +195,11 @@ class Subscription:
         await self.aclose()
 
 
+def _check_count(count: int) -> None:
+    if count < 1:
+        raise ValueError(f"count must be >= 1 (got {count})")
+
+
 def _check_rate(rate: float, burst: int) -> None:
     if rate <= 0 or burst < 1:
         raise ValueError(f"rate must be > 0 and burst >= 1 (got rate={rate}, burst={burst})")
@@ -318,6 +323,7 @@ class InProcessBus:
 
     async def take(self, queue: str, consumer: str, count: int = 10, block: float = 1.0) -> list[Job]:
         """Claim up to `count` jobs, waiting at most `block` seconds for the first."""
+        _check_count(count)
         work = self._queue(queue)
         loop = asyncio.get_running_loop()
         # Blocking is measured on the loop's clock: the injected clock may be a frozen test clock.
@@ -629,35 +635,42 @@ class RedisBus:
             task.cancel()
 
     async def _pump(self, inbox: _Inbox) -> None:
-        backoff = 0.1
-        while not self._closed.is_set():
-            pubsub = self._client.pubsub()
-            try:
-                if inbox.workspace_id is None:
-                    await pubsub.psubscribe(self._channel("*"))
-                else:
-                    await pubsub.subscribe(self._channel(inbox.workspace_id))
-                while True:
-                    # A finite wait lets the health check ping a connection that went silent.
-                    message = await pubsub.get_message(timeout=10.0)
-                    if message is None:
-                        continue
-                    kind = message.get("type")
-                    if kind in ("subscribe", "psubscribe"):
-                        inbox.ready.set()
-                        backoff = 0.1
-                    elif kind in ("message", "pmessage"):
-                        try:
-                            inbox.push(_decode_event(message["data"]))
-                        except (ValueError, KeyError, TypeError):
-                            log.warning("ignoring malformed event on %s", message.get("channel"))
-            except _UNAVAILABLE as exc:
-                log.warning("event subscription lost (%s); reconnecting in %.1fs", exc, backoff)
-            finally:
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closed.wait(), backoff)
-            backoff = min(backoff * 2, 5.0)
+        try:
+            backoff = 0.1
+            while not self._closed.is_set():
+                pubsub = self._client.pubsub()
+                try:
+                    if inbox.workspace_id is None:
+                        await pubsub.psubscribe(self._channel("*"))
+                    else:
+                        await pubsub.subscribe(self._channel(inbox.workspace_id))
+                    while True:
+                        # A finite wait lets the health check ping a connection that went silent.
+                        message = await pubsub.get_message(timeout=10.0)
+                        if message is None:
+                            continue
+                        kind = message.get("type")
+                        if kind in ("subscribe", "psubscribe"):
+                            inbox.ready.set()
+                            backoff = 0.1
+                        elif kind in ("message", "pmessage"):
+                            try:
+                                inbox.push(_decode_event(message["data"]))
+                            except (ValueError, KeyError, TypeError):
+                                log.warning("ignoring malformed event on %s", message.get("channel"))
+                except _UNAVAILABLE as exc:
+                    log.warning("event subscription lost (%s); reconnecting in %.1fs", exc, backoff)
+                except Exception:
+                    # Whatever went wrong, a live subscriber is better served by a retry than a silent end.
+                    log.exception("event subscription failed; reconnecting in %.1fs", backoff)
+                finally:
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closed.wait(), backoff)
+                backoff = min(backoff * 2, 5.0)
+        finally:
+            # Detached, closed or cancelled: iteration ends instead of waiting forever.
+            inbox.end()
 
     async def enqueue(self, queue: str, payload: str, delay: float = 0.0) -> None:
         """Add work to the stream, or to the delayed set until it is due."""
@@ -670,6 +683,7 @@ class RedisBus:
 
     async def take(self, queue: str, consumer: str, count: int = 10, block: float = 1.0) -> list[Job]:
         """Claim up to `count` jobs (reclaimed stale ones first), waiting at most `block` seconds."""
+        _check_count(count)
         stream, delayed = self._stream(queue), self._delayed(queue)
         loop = asyncio.get_running_loop()
         give_up = loop.time() + max(0.0, block)

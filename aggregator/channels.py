@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from datetime import datetime
@@ -10,12 +11,14 @@ from typing import Any
 
 import aiohttp
 
-from aggregator.bus import Bus
+from aggregator.bus import Bus, BusUnavailable
 from aggregator.model import ConnectionState
 from aggregator.store import ChannelAccount, NotFound, Store
 from channels.base import AdapterContext, ChannelAccountRef, ChannelAdapter, InboundSink, Registry
 
 log = logging.getLogger(__name__)
+
+LEASE_SECONDS = 30.0
 
 
 class _Checkpoints:
@@ -56,7 +59,10 @@ class ChannelManager:
         self.max_body_bytes = max_body_bytes
         self.max_attachment_bytes = max_attachment_bytes
         self.adapters: dict[str, ChannelAdapter[Any]] = {}
+        self.lease_seconds = LEASE_SECONDS
+        self._leases: dict[str, float] = {}
         self._lock = asyncio.Lock()
+        self._lease_task: asyncio.Task[None] | None = None
 
     def build(self, account: ChannelAccount) -> ChannelAdapter[Any]:
         """An adapter for the account (not started); raises ConfigInvalid or UnknownChannelKind."""
@@ -88,6 +94,7 @@ class ChannelManager:
     async def start_all(self) -> None:
         for account in await self.store.list_channel_accounts(enabled_only=True):
             await self._start(account)
+        self._lease_task = asyncio.create_task(self._renew_leases(), name="channel-leases")
 
     async def refresh(self) -> None:
         """Start accounts added or enabled since the last look (e.g. by the CLI)."""
@@ -101,6 +108,8 @@ class ChannelManager:
                 return self.adapters[account.id]
             try:
                 adapter = self.build(account)
+                if adapter.exclusive and not await self._take_lease(account.id):
+                    return None
                 await adapter.start()
             except Exception as exc:
                 log.error("channel %s (%s, %s) not started: %s", account.name, account.kind, account.id, exc)
@@ -126,10 +135,68 @@ class ChannelManager:
     def running(self, account_id: str) -> ChannelAdapter[Any] | None:
         return self.adapters.get(account_id)
 
+    def _lease_name(self, account_id: str) -> str:
+        return f"channel:{account_id}"
+
+    async def _take_lease(self, account_id: str) -> bool:
+        """Whether this process may poll the account now (another one holds it otherwise)."""
+        try:
+            held = await self.bus.acquire_lease(
+                self._lease_name(account_id), self.node_id, self.lease_seconds
+            )
+        except BusUnavailable as exc:
+            log.warning("channel %s not started: cannot take its lease: %s", account_id, exc)
+            return False
+        if held:
+            self._leases[account_id] = asyncio.get_running_loop().time()
+        else:
+            log.info("channel %s is polled by another process", account_id)
+        return held
+
+    async def _renew_leases(self) -> None:
+        """Keep our leases; stop an adapter whose lease is lost or could not be renewed in time."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.lease_seconds / 3)
+            for account_id, renewed_at in list(self._leases.items()):
+                try:
+                    held = await self.bus.acquire_lease(
+                        self._lease_name(account_id), self.node_id, self.lease_seconds
+                    )
+                except BusUnavailable:
+                    held = loop.time() - renewed_at < self.lease_seconds * 0.8
+                else:
+                    if held:
+                        self._leases[account_id] = loop.time()
+                if not held:
+                    log.warning(
+                        "channel %s: lease lost; stopping here so that one process polls it", account_id
+                    )
+                    await self._stop_one(account_id)
+
+    async def _stop_one(self, account_id: str) -> None:
+        self._leases.pop(account_id, None)
+        adapter = self.adapters.pop(account_id, None)
+        if adapter is not None:
+            try:
+                await adapter.stop()
+            except Exception:
+                log.exception("channel %s did not stop cleanly", account_id)
+
     async def stop_all(self) -> None:
+        if self._lease_task is not None:
+            self._lease_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._lease_task
+            self._lease_task = None
+        leases = list(self._leases)
+        self._leases.clear()
         adapters = list(self.adapters.values())
         self.adapters.clear()
         results = await asyncio.gather(*(a.stop() for a in adapters), return_exceptions=True)
         for adapter, result in zip(adapters, results, strict=True):
             if isinstance(result, BaseException):
                 log.error("channel %s did not stop cleanly: %r", adapter.account.id, result)
+        for account_id in leases:
+            with contextlib.suppress(BusUnavailable):
+                await self.bus.release_lease(self._lease_name(account_id), self.node_id)

@@ -96,9 +96,11 @@ class Ingestor:
             raise IngestClosed("the daemon is shutting down; retry later")
         started = time.perf_counter()
         workspace_id, kind = await self._account(message.channel_account_id)
-        stored = []
+        # Every size is checked before any file is written: a refused message leaves nothing on disk.
         for attachment in message.attachments:
             self.attachments.check_size(attachment.filename, len(attachment.content))
+        stored = []
+        for attachment in message.attachments:
             digest = await self.attachments.put(attachment.content)
             stored.append(
                 StoredAttachment(

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import enum
+import os
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from ulid import ULID
-
 
 def new_id() -> str:
-    """A new time-ordered, globally unique record id (ULID, 26 characters)."""
-    return str(ULID())
+    """A new record id: 32 hex digits, time-ordered (48-bit milliseconds, then 80 random bits).
+
+    Ids are minted for every message, contact and conversation on the ingest path, so this is kept
+    to C-speed builtins (a ULID library costs about 30 microseconds an id, base32 in Python 13).
+    """
+    return ((time.time_ns() // 1_000_000).to_bytes(6, "big") + os.urandom(10)).hex()
 
 
 def utcnow() -> datetime:

@@ -118,11 +118,13 @@ class ChannelConfig(BaseModel):
         """(plain settings, secret settings) for storage."""
         plain: dict[str, Any] = {}
         secrets: dict[str, str] = {}
+        # Plain settings are stored as JSON: URLs and other rich types in their JSON form.
+        as_json = self.model_dump(mode="json")
         for name, value in self:
             if isinstance(value, SecretStr):
                 secrets[name] = value.get_secret_value()
             else:
-                plain[name] = value
+                plain[name] = as_json[name]
         return plain, secrets
 
 
@@ -171,6 +173,9 @@ class ChannelAdapter(ABC, Generic[ConfigT]):
     kind: ClassVar[str]
     config_model: ClassVar[type[ChannelConfig]]
     capabilities: ClassVar[Capabilities] = Capabilities()
+    # True for adapters that pull from their source (IMAP, getUpdates): one process at a time may run
+    # them, under a lease on the bus. Webhook-only adapters can run in every process.
+    exclusive: ClassVar[bool] = False
 
     def __init__(self, account: ChannelAccountRef, config: ConfigT, context: AdapterContext) -> None:
         self.account = account

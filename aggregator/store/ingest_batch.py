@@ -11,8 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, text, tuple_, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Connection, bindparam, insert, select, text, tuple_, update
 
 from aggregator.model import (
     ConversationStatus,
@@ -67,16 +66,14 @@ class _Conversation:
     last_activity_at: datetime | None = None
 
 
-async def ingest_batch(
-    conn: AsyncConnection, items: Sequence[PreparedInbound], now: datetime
-) -> BatchOutcome:
+def ingest_batch(conn: Connection, items: Sequence[PreparedInbound], now: datetime) -> BatchOutcome:
     """Store what is new in `items` (in order) and say where each one went."""
     m, i, c, k = t.messages, t.identities, t.conversations, t.thread_keys
 
     dedup_keys = {(p.message.channel_account_id, p.message.external_id) for p in items}
     existing: dict[tuple[str, str], IngestResult] = {}
     if dedup_keys:
-        rows = await conn.execute(
+        rows = conn.execute(
             select(m.c.id, m.c.conversation_id, m.c.channel_account_id, m.c.external_id).where(
                 tuple_(m.c.channel_account_id, m.c.external_id).in_(list(dedup_keys))
             )
@@ -90,7 +87,7 @@ async def ingest_batch(
     identity_keys = {(p.workspace_id, p.message.sender.kind, p.message.sender.address) for p in fresh}
     identity_of: dict[tuple[str, str, str], tuple[str, str, str | None]] = {}
     if identity_keys:
-        rows = await conn.execute(
+        rows = conn.execute(
             select(i.c.id, i.c.contact_id, i.c.workspace_id, i.c.kind, i.c.address, i.c.display_name).where(
                 tuple_(i.c.workspace_id, i.c.kind, i.c.address).in_(list(identity_keys))
             )
@@ -105,7 +102,7 @@ async def ingest_batch(
     key_pairs = {(p.message.channel_account_id, key) for p in fresh for key in p.message.thread.keys}
     key_matches: dict[str, dict[str, str]] = {}
     if key_pairs:
-        rows = await conn.execute(
+        rows = conn.execute(
             select(k.c.channel_account_id, k.c.key, k.c.conversation_id).where(
                 tuple_(k.c.channel_account_id, k.c.key).in_(list(key_pairs))
             )
@@ -117,7 +114,7 @@ async def ingest_batch(
     latest_of_contact: dict[tuple[str, str], str] = {}
     conversations: dict[str, _Conversation] = {}
     if known_contacts:
-        rows = await conn.execute(
+        rows = conn.execute(
             select(c.c.id, c.c.contact_id, c.c.channel_account_id, c.c.status)
             .where(c.c.contact_id.in_(list(known_contacts)))
             .order_by(c.c.last_activity_at)
@@ -127,7 +124,7 @@ async def ingest_batch(
             conversations[row.id] = _Conversation(row.id, ConversationStatus(row.status), new=False)
     wanted = {cid for matches in key_matches.values() for cid in matches.values()} - conversations.keys()
     if wanted:
-        rows = await conn.execute(select(c.c.id, c.c.status).where(c.c.id.in_(list(wanted))))
+        rows = conn.execute(select(c.c.id, c.c.status).where(c.c.id.in_(list(wanted))))
         for row in rows:
             conversations[row.id] = _Conversation(row.id, ConversationStatus(row.status), new=False)
 
@@ -319,21 +316,21 @@ async def ingest_batch(
         results.append(result)
 
     if new_contacts:
-        await conn.execute(insert(t.contacts), new_contacts)
-        await conn.execute(insert(t.identities), new_identities)
+        conn.execute(insert(t.contacts), new_contacts)
+        conn.execute(insert(t.identities), new_identities)
     if renamed_identities:
-        await conn.execute(
+        conn.execute(
             update(i).where(i.c.id == bindparam("b_id")).values(display_name=bindparam("b_name")),
             renamed_identities,
         )
     if new_conversations:
-        await conn.execute(insert(t.conversations), new_conversations)
+        conn.execute(insert(t.conversations), new_conversations)
     if new_messages:
-        await conn.execute(insert(t.messages), new_messages)
+        conn.execute(insert(t.messages), new_messages)
     if new_attachments:
-        await conn.execute(insert(t.attachments), new_attachments)
+        conn.execute(insert(t.attachments), new_attachments)
     if new_keys:
-        await conn.execute(
+        conn.execute(
             insert(k).prefix_with("OR IGNORE"),
             [
                 {"channel_account_id": a, "key": key, "conversation_id": cid}
@@ -346,7 +343,7 @@ async def ingest_batch(
         if conv.changed and not conv.new
     ]
     if touched:
-        await conn.execute(
+        conn.execute(
             update(c)
             .where(c.c.id == bindparam("b_id"))
             .values(
@@ -358,9 +355,9 @@ async def ingest_batch(
             touched,
         )
     if search_rows:
-        await conn.execute(SEARCH_INSERT, search_rows)
+        conn.execute(SEARCH_INSERT, search_rows)
     if audit_rows:
-        await conn.execute(insert(t.audit_events), audit_rows)
+        conn.execute(insert(t.audit_events), audit_rows)
     return BatchOutcome(results, events)
 
 

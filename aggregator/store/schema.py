@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import (
@@ -33,9 +34,7 @@ class UTCDateTime(TypeDecorator[datetime]):
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> str | None:
         if value is None:
             return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given where an aware UTC datetime is required")
-        return value.astimezone(UTC).strftime(TIME_FORMAT)
+        return format_time(value)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:
@@ -43,7 +42,11 @@ class UTCDateTime(TypeDecorator[datetime]):
         return datetime.strptime(value, TIME_FORMAT).replace(tzinfo=UTC)
 
 
+@lru_cache(maxsize=64)
 def format_time(value: datetime) -> str:
+    """Fixed-width UTC text; cached, as one batch stamps thousands of rows with the same time."""
+    if value.tzinfo is None:
+        raise ValueError("naive datetime given where an aware UTC datetime is required")
     return value.astimezone(UTC).strftime(TIME_FORMAT)
 
 
@@ -56,7 +59,7 @@ metadata = MetaData(
     }
 )
 
-ID = String(26)
+ID = String(32)
 
 
 def _id() -> Column[str]:

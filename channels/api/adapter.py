@@ -7,7 +7,7 @@ import binascii
 import hashlib
 import hmac
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import aiohttp
@@ -104,7 +104,14 @@ class ApiChannel(ChannelAdapter[ApiChannelConfig]):
         limit = self.context.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise _error(web.HTTPRequestEntityTooLarge, "too_large", f"body over the limit of {limit} bytes")
-        body = await request.content.read(limit + 1)
+        # StreamReader.read(n) returns what has arrived so far, not n bytes: read until the end.
+        received = bytearray()
+        while len(received) <= limit:
+            chunk = await request.content.read(limit + 1 - len(received))
+            if not chunk:
+                break
+            received += chunk
+        body = bytes(received)
         if len(body) > limit:
             raise _error(web.HTTPRequestEntityTooLarge, "too_large", f"body over the limit of {limit} bytes")
 
@@ -133,6 +140,8 @@ class ApiChannel(ChannelAdapter[ApiChannelConfig]):
             data = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise _error(web.HTTPBadRequest, "invalid_json", f"the body is not valid JSON: {exc}") from exc
+        except RecursionError as exc:
+            raise _error(web.HTTPBadRequest, "invalid_json", "the body is nested too deeply") from exc
         if not isinstance(data, dict):
             raise _error(web.HTTPBadRequest, "invalid_json", "the body must be a JSON object")
         try:
@@ -163,6 +172,14 @@ class ApiChannel(ChannelAdapter[ApiChannelConfig]):
             raise _error(
                 web.HTTPBadRequest, "invalid_field", "sent_at: needs a time zone (e.g. ...Z)", "sent_at"
             )
+        if sent_at is not None:
+            # Stored in UTC: 0001-01-01T00:00+05:00 or 9999-12-31T23:59-05:00 have no UTC equivalent.
+            try:
+                sent_at = sent_at.astimezone(UTC)
+            except OverflowError as exc:
+                raise _error(
+                    web.HTTPBadRequest, "invalid_field", "sent_at: out of range in UTC", "sent_at"
+                ) from exc
         sender = payload.sender
         thread = (
             ThreadHints(keys=(f"thread:{payload.thread_id}",), by_contact=False, thread_ref=payload.thread_id)

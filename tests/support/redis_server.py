@@ -39,7 +39,7 @@ class RedisServer:
         """Whether the process is up (not whether it answers)."""
         return self._proc is not None and self._proc.returncode is None
 
-    async def start(self, timeout: float = 10.0) -> None:
+    async def start(self, within: float = 10.0) -> None:
         """Start the server and wait until it answers PING."""
         if self.running:
             return
@@ -58,7 +58,7 @@ class RedisServer:
             stderr=asyncio.subprocess.DEVNULL,
         )
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = loop.time() + within
         while not await self._answers_ping():
             if self._proc.returncode is not None or loop.time() > deadline:
                 await self.stop()
@@ -83,7 +83,7 @@ class RedisServer:
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
 
-    async def stop(self, timeout: float = 10.0) -> None:
+    async def stop(self, within: float = 10.0) -> None:
         """SIGTERM the server and wait for it to exit (SIGKILL if it does not)."""
         proc, self._proc = self._proc, None
         if proc is None:
@@ -91,7 +91,7 @@ class RedisServer:
         if proc.returncode is None:
             proc.terminate()
             try:
-                await asyncio.wait_for(proc.wait(), timeout)
+                await asyncio.wait_for(proc.wait(), within)
             except TimeoutError:
                 proc.kill()
                 await proc.wait()

@@ -20,7 +20,7 @@ def upgrade() -> None:
 
     op.create_table(
         "workspaces",
-        sa.Column("id", sa.String(length=26), nullable=False),
+        sa.Column("id", sa.String(length=32), nullable=False),
         sa.Column("name", sa.String(length=200), nullable=False),
         sa.Column("default_language", sa.String(length=35), server_default="en", nullable=False),
         sa.Column("settings", sa.JSON(), nullable=False),
@@ -30,8 +30,8 @@ def upgrade() -> None:
     )
     op.create_table(
         "channel_accounts",
-        sa.Column("id", sa.String(length=26), nullable=False),
-        sa.Column("workspace_id", sa.String(length=26), nullable=False),
+        sa.Column("id", sa.String(length=32), nullable=False),
+        sa.Column("workspace_id", sa.String(length=32), nullable=False),
         sa.Column("kind", sa.String(length=32), nullable=False),
         sa.Column("name", sa.String(length=200), nullable=False),
         sa.Column("config", sa.JSON(), nullable=False),
@@ -49,13 +49,13 @@ def upgrade() -> None:
     )
     op.create_table(
         "contacts",
-        sa.Column("id", sa.String(length=26), nullable=False),
-        sa.Column("workspace_id", sa.String(length=26), nullable=False),
+        sa.Column("id", sa.String(length=32), nullable=False),
+        sa.Column("workspace_id", sa.String(length=32), nullable=False),
         sa.Column("name", sa.String(length=400), nullable=True),
         sa.Column("email", sa.String(length=320), nullable=True),
         sa.Column("language", sa.String(length=35), nullable=True),
         sa.Column("attributes", sa.JSON(), nullable=False),
-        sa.Column("merged_into", sa.String(length=26), nullable=True),
+        sa.Column("merged_into", sa.String(length=32), nullable=True),
         sa.Column("created_at", sa.String(length=27), nullable=False),
         sa.Column("updated_at", sa.String(length=27), nullable=False),
         sa.ForeignKeyConstraint(
@@ -68,8 +68,8 @@ def upgrade() -> None:
     )
     op.create_table(
         "teams",
-        sa.Column("id", sa.String(length=26), nullable=False),
-        sa.Column("workspace_id", sa.String(length=26), nullable=False),
+        sa.Column("id", sa.String(length=32), nullable=False),
+        sa.Column("workspace_id", sa.String(length=32), nullable=False),
         sa.Column("name", sa.String(length=200), nullable=False),
         sa.Column("languages", sa.JSON(), nullable=False),
         sa.Column("created_at", sa.String(length=27), nullable=False),
@@ -81,8 +81,8 @@ def upgrade() -> None:
     )
     op.create_table(
         "users",
-        sa.Column("id", sa.String(length=26), nullable=False),
-        sa.Column("workspace_id", sa.String(length=26), nullable=False),
+        sa.Column("id", sa.String(length=32), nullable=False),
+        sa.Column("workspace_id", sa.String(length=32), nullable=False),
         sa.Column("name", sa.String(length=200), nullable=False),
         sa.Column("email", sa.String(length=320), nullable=False),
         sa.Column("role", sa.String(length=16), nullable=False),
@@ -97,9 +97,9 @@ def upgrade() -> None:
     )
     op.create_table(
         "api_tokens",
-        sa.Column("id", sa.String(length=26), nullable=False),
-        sa.Column("workspace_id", sa.String(length=26), nullable=False),
-        sa.Column("user_id", sa.String(length=26), nullable=True),
+        sa.Column("id", sa.String(length=32), nullable=False),
+        sa.Column("workspace_id", sa.String(length=32), nullable=False),
+        sa.Column("user_id", sa.String(length=32), nullable=True),
         sa.Column("role", sa.String(length=16), nullable=False),
         sa.Column("name", sa.String(length=200), server_default="", nullable=False),
         sa.Column("token_hash", sa.String(length=64), nullable=False),
@@ -115,7 +115,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "channel_checkpoints",
-        sa.Column("channel_account_id", sa.String(length=26), nullable=False),
+        sa.Column("channel_account_id", sa.String(length=32), nullable=False),
         sa.Column("key", sa.String(length=200), nullable=False),
         sa.Column("value", sa.JSON(), nullable=False),
         sa.Column("updated_at", sa.String(length=27), nullable=False),
@@ -128,9 +128,9 @@ def upgrade() -> None:
     )
     op.create_table(
         "identities",
-        sa.Column("id", sa.String(length=26), nullable=False),
-        sa.Column("workspace_id", sa.String(length=26), nullable=False),
-        sa.Column("contact_id", sa.String(length=26), nullable=False),
+        sa.Column("id", sa.String(length=32), nullable=False),
+        sa.Column("workspace_id", sa.String(length=32), nullable=False),
+        sa.Column("contact_id", sa.String(length=32), nullable=False),
         sa.Column("kind", sa.String(length=32), nullable=False),
         sa.Column("address", sa.String(length=512), nullable=False),
         sa.Column("display_name", sa.String(length=400), nullable=True),
@@ -151,23 +151,23 @@ def upgrade() -> None:
 
     op.create_table(
         "team_members",
-        sa.Column("team_id", sa.String(length=26), nullable=False),
-        sa.Column("user_id", sa.String(length=26), nullable=False),
+        sa.Column("team_id", sa.String(length=32), nullable=False),
+        sa.Column("user_id", sa.String(length=32), nullable=False),
         sa.ForeignKeyConstraint(["team_id"], ["teams.id"], name=op.f("fk_team_members_team_id_teams")),
         sa.ForeignKeyConstraint(["user_id"], ["users.id"], name=op.f("fk_team_members_user_id_users")),
         sa.PrimaryKeyConstraint("team_id", "user_id", name=op.f("pk_team_members")),
     )
     op.create_table(
         "conversations",
-        sa.Column("id", sa.String(length=26), nullable=False),
-        sa.Column("workspace_id", sa.String(length=26), nullable=False),
-        sa.Column("channel_account_id", sa.String(length=26), nullable=False),
-        sa.Column("contact_id", sa.String(length=26), nullable=False),
-        sa.Column("identity_id", sa.String(length=26), nullable=False),
+        sa.Column("id", sa.String(length=32), nullable=False),
+        sa.Column("workspace_id", sa.String(length=32), nullable=False),
+        sa.Column("channel_account_id", sa.String(length=32), nullable=False),
+        sa.Column("contact_id", sa.String(length=32), nullable=False),
+        sa.Column("identity_id", sa.String(length=32), nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("priority", sa.String(length=16), server_default="normal", nullable=False),
-        sa.Column("assignee_id", sa.String(length=26), nullable=True),
-        sa.Column("team_id", sa.String(length=26), nullable=True),
+        sa.Column("assignee_id", sa.String(length=32), nullable=True),
+        sa.Column("team_id", sa.String(length=32), nullable=True),
         sa.Column("labels", sa.JSON(), nullable=False),
         sa.Column("language", sa.String(length=35), nullable=True),
         sa.Column("subject", sa.Text(), nullable=True),
@@ -213,9 +213,9 @@ def upgrade() -> None:
 
     op.create_table(
         "audit_events",
-        sa.Column("id", sa.String(length=26), nullable=False),
-        sa.Column("workspace_id", sa.String(length=26), nullable=False),
-        sa.Column("conversation_id", sa.String(length=26), nullable=True),
+        sa.Column("id", sa.String(length=32), nullable=False),
+        sa.Column("workspace_id", sa.String(length=32), nullable=False),
+        sa.Column("conversation_id", sa.String(length=32), nullable=True),
         sa.Column("actor", sa.String(length=200), nullable=False),
         sa.Column("type", sa.String(length=64), nullable=False),
         sa.Column("data", sa.JSON(), nullable=False),
@@ -237,14 +237,14 @@ def upgrade() -> None:
 
     op.create_table(
         "messages",
-        sa.Column("id", sa.String(length=26), nullable=False),
-        sa.Column("workspace_id", sa.String(length=26), nullable=False),
-        sa.Column("conversation_id", sa.String(length=26), nullable=False),
-        sa.Column("channel_account_id", sa.String(length=26), nullable=False),
+        sa.Column("id", sa.String(length=32), nullable=False),
+        sa.Column("workspace_id", sa.String(length=32), nullable=False),
+        sa.Column("conversation_id", sa.String(length=32), nullable=False),
+        sa.Column("channel_account_id", sa.String(length=32), nullable=False),
         sa.Column("direction", sa.String(length=3), nullable=False),
         sa.Column("kind", sa.String(length=8), nullable=False),
-        sa.Column("sender_contact_id", sa.String(length=26), nullable=True),
-        sa.Column("sender_user_id", sa.String(length=26), nullable=True),
+        sa.Column("sender_contact_id", sa.String(length=32), nullable=True),
+        sa.Column("sender_user_id", sa.String(length=32), nullable=True),
         sa.Column("subject", sa.Text(), nullable=True),
         sa.Column("text", sa.Text(), nullable=False),
         sa.Column("html", sa.Text(), nullable=True),
@@ -288,9 +288,9 @@ def upgrade() -> None:
 
     op.create_table(
         "thread_keys",
-        sa.Column("channel_account_id", sa.String(length=26), nullable=False),
+        sa.Column("channel_account_id", sa.String(length=32), nullable=False),
         sa.Column("key", sa.String(length=1024), nullable=False),
-        sa.Column("conversation_id", sa.String(length=26), nullable=False),
+        sa.Column("conversation_id", sa.String(length=32), nullable=False),
         sa.ForeignKeyConstraint(
             ["channel_account_id"],
             ["channel_accounts.id"],
@@ -305,9 +305,9 @@ def upgrade() -> None:
     )
     op.create_table(
         "attachments",
-        sa.Column("id", sa.String(length=26), nullable=False),
-        sa.Column("workspace_id", sa.String(length=26), nullable=False),
-        sa.Column("message_id", sa.String(length=26), nullable=False),
+        sa.Column("id", sa.String(length=32), nullable=False),
+        sa.Column("workspace_id", sa.String(length=32), nullable=False),
+        sa.Column("message_id", sa.String(length=32), nullable=False),
         sa.Column("filename", sa.String(length=512), nullable=False),
         sa.Column("content_type", sa.String(length=255), nullable=False),
         sa.Column("size", sa.Integer(), nullable=False),
@@ -326,10 +326,10 @@ def upgrade() -> None:
 
     op.create_table(
         "outbox",
-        sa.Column("id", sa.String(length=26), nullable=False),
-        sa.Column("workspace_id", sa.String(length=26), nullable=False),
-        sa.Column("message_id", sa.String(length=26), nullable=False),
-        sa.Column("channel_account_id", sa.String(length=26), nullable=False),
+        sa.Column("id", sa.String(length=32), nullable=False),
+        sa.Column("workspace_id", sa.String(length=32), nullable=False),
+        sa.Column("message_id", sa.String(length=32), nullable=False),
+        sa.Column("channel_account_id", sa.String(length=32), nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("attempts", sa.Integer(), server_default="0", nullable=False),
         sa.Column("next_attempt_at", sa.String(length=27), nullable=False),
