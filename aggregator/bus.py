@@ -17,7 +17,7 @@ import time
 import uuid
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -56,7 +56,10 @@ class Bus(Protocol):
     async def publish(self, event: Event) -> None:
         """Fan an event out to live subscribers (best effort, at most once)."""
 
-    def subscribe(self, workspace_id: str | None = None) -> AsyncIterator[Event]:
+    async def publish_many(self, events: Sequence[Event]) -> None:
+        """Publish several events at once (one round trip to Redis), in order."""
+
+    def subscribe(self, workspace_id: str | None = None) -> Subscription:
         """Live events (of one workspace, or all); ends when the bus closes."""
 
     async def enqueue(self, queue: str, payload: str, delay: float = 0.0) -> None:
@@ -274,6 +277,11 @@ class InProcessBus:
         for inbox in list(self._inboxes):
             if inbox.matches(event):
                 inbox.push(event)
+
+    async def publish_many(self, events: Sequence[Event]) -> None:
+        """Hand each event, in order, to every matching subscriber."""
+        for event in events:
+            await self.publish(event)
 
     def subscribe(self, workspace_id: str | None = None) -> Subscription:
         """Live events of one workspace (or all); registered at once, so ready() returns immediately."""
@@ -617,6 +625,16 @@ class RedisBus:
         message = _encode_event(event)
         with _unavailable_as_bus_error():
             await self._client.publish(self._channel(event.workspace_id), message)
+
+    async def publish_many(self, events: Sequence[Event]) -> None:
+        """Publish the events in one pipelined round trip."""
+        if not events:
+            return
+        with _unavailable_as_bus_error():
+            async with self._client.pipeline(transaction=False) as pipe:
+                for event in events:
+                    pipe.publish(self._channel(event.workspace_id), _encode_event(event))
+                await pipe.execute()
 
     def subscribe(self, workspace_id: str | None = None) -> Subscription:
         """Live events of one workspace (or all); await ready() before relying on delivery."""

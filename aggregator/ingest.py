@@ -156,14 +156,18 @@ class Ingestor:
 
     async def _publish_loop(self) -> None:
         while True:
-            event = await self._events.get()
+            events = [await self._events.get()]
+            while len(events) < 1000 and not self._events.empty():
+                events.append(self._events.get_nowait())
             try:
-                for hook in self.hooks:
-                    hook(event)
-                await self.bus.publish(event)
+                for event in events:
+                    for hook in self.hooks:
+                        hook(event)
+                await self.bus.publish_many(events)
             except BusUnavailable as exc:
-                log.debug("event %s not published: %s", event.type, exc)
+                log.debug("%d events not published: %s", len(events), exc)
             except Exception:
-                log.exception("publishing event %s failed", event.type)
+                log.exception("publishing %d events failed", len(events))
             finally:
-                self._events.task_done()
+                for _ in events:
+                    self._events.task_done()

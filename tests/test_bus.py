@@ -103,6 +103,18 @@ async def test_subscribers_get_their_workspace_or_all(bus: Bus) -> None:
     await sub_all.aclose()
 
 
+async def test_publish_many_keeps_order_and_workspaces(bus: Bus) -> None:
+    sub_a = await subscribed(bus, "ws-a")
+    events = [Event(type="message.created", workspace_id=ws, data={"n": n}) for n, ws in enumerate("abab")]
+    events = [Event(type=e.type, workspace_id=f"ws-{e.workspace_id}", data=e.data) for e in events]
+
+    await bus.publish_many(events)
+    await bus.publish_many([])
+
+    assert [await next_event(sub_a), await next_event(sub_a)] == [events[0], events[2]]
+    await sub_a.aclose()
+
+
 async def test_subscription_ends_when_bus_closes(bus: Bus) -> None:
     sub = await subscribed(bus, "ws-a")
     received: list[Event] = []
@@ -312,6 +324,7 @@ async def test_redis_down_raises_bus_unavailable_then_recovers(
     await expect_unavailable(blocked_take)
     await expect_unavailable(redis_bus.ping())
     await expect_unavailable(redis_bus.publish(Event(type="e", workspace_id="ws", data={})))
+    await expect_unavailable(redis_bus.publish_many([Event(type="e", workspace_id="ws", data={})]))
     await expect_unavailable(redis_bus.enqueue("q", "x"))
     await expect_unavailable(redis_bus.enqueue("q", "x", delay=1.0))
     await expect_unavailable(redis_bus.take("q", "c1", block=5.0))
