@@ -151,7 +151,14 @@ async def _serve(settings: Settings) -> int:
             flush=True,
         )
 
-    await daemon.serve(announce)
+    try:
+        await daemon.serve(announce)
+    except OSError as exc:
+        where = f"{settings.http.host}:{settings.http.port}"
+        raise CliError(
+            f"cannot listen on {where}: {exc.strerror or exc} "
+            "(is another aggregator running? choose another port with --port or AGGREGATOR_HTTP__PORT)"
+        ) from exc
     return 0
 
 

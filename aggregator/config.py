@@ -5,10 +5,15 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 DEFAULT_CONFIG_FILE = Path("aggregator.toml")
 
@@ -18,16 +23,22 @@ class ConfigError(Exception):
 
 
 class HttpSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     max_body_bytes: int = Field(10 * 1024 * 1024, gt=0)
 
 
 class IngestSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     max_batch: int = Field(500, ge=1, le=5000)
 
 
 class OutboxSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     max_attempts: int = Field(8, ge=1)
     backoff_base_seconds: float = Field(2.0, gt=0)
     backoff_max_seconds: float = Field(900.0, gt=0)
@@ -77,8 +88,10 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Environment wins over the file, which is passed as init values.
-        return (env_settings, init_settings)
+        # Highest first: command-line flags (init values), then the environment, then the file.
+        return (init_settings, env_settings, InitSettingsSource(settings_cls, cls._file_values))
+
+    _file_values: ClassVar[dict[str, Any]] = {}
 
     @property
     def resolved_database_url(self) -> str:
@@ -103,7 +116,10 @@ def _describe(exc: ValidationError, source: str) -> str:
 
 
 def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
-    """Read the config file (explicit path, $AGGREGATOR_CONFIG, or ./aggregator.toml when present)."""
+    """Read the config file (explicit path, $AGGREGATOR_CONFIG, or ./aggregator.toml when present).
+
+    Precedence, highest first: `overrides` (command-line flags), AGGREGATOR_* environment, the file.
+    """
     if path is None and os.environ.get("AGGREGATOR_CONFIG"):
         path = Path(os.environ["AGGREGATOR_CONFIG"])
     values: dict[str, Any] = {}
@@ -118,12 +134,14 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
             raise ConfigError(f"config file {path} does not exist") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(values.get(key), dict):
-            values[key] = {**values[key], **value}
-        elif value is not None:
-            values[key] = value
+    if overrides:
+        source += " and command-line flags"
+
+    class _Loaded(Settings):
+        _file_values = values
+
     try:
-        return Settings(**values)
+        loaded = _Loaded(**{key: value for key, value in overrides.items() if value is not None})
     except ValidationError as exc:
         raise ConfigError(_describe(exc, source)) from exc
+    return Settings.model_construct(**dict(loaded))

@@ -45,7 +45,8 @@ class Bootstrap:
 
 
 def open_store(settings: Settings) -> Store:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # Owner-only: the database holds customers' messages.
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     return Store.open(settings.resolved_database_url, SecretBox.load(settings.data_dir, settings.secret_key))
 
 

@@ -111,7 +111,7 @@ class ChannelConfig(BaseModel):
             problems: dict[str, str] = {}
             for error in exc.errors():
                 field = ".".join(str(part) for part in error["loc"]) or "(config)"
-                problems[field] = "unknown setting" if error["type"] == "extra_forbidden" else error["msg"]
+                problems[field] = _problem(error)
             raise ConfigInvalid(kind, problems) from exc
 
     def split_secrets(self) -> tuple[dict[str, Any], dict[str, str]]:
@@ -126,6 +126,15 @@ class ChannelConfig(BaseModel):
             else:
                 plain[name] = as_json[name]
         return plain, secrets
+
+
+def _problem(error: Any) -> str:
+    if error["type"] == "extra_forbidden":
+        return "unknown setting"
+    if error["type"] == "too_short" and "min_length" in error.get("ctx", {}):
+        # Pydantic counts "items" for SecretStr; people count characters.
+        return f"must be at least {error['ctx']['min_length']} characters long"
+    return str(error["msg"])
 
 
 @dataclass(frozen=True, slots=True)
