@@ -733,9 +733,10 @@ class RedisBus:
                             block=_ms(wait) if wait >= 0.001 else None,
                         )
                     except redis.exceptions.ResponseError as exc:
-                        if "NOGROUP" not in str(exc):
+                        # NOGROUP: flushed between the script and the read. UNBLOCKED: flushed (or the
+                        # stream deleted) while this read was blocked. The next round re-creates both.
+                        if "NOGROUP" not in str(exc) and "UNBLOCKED" not in str(exc):
                             raise
-                        # Flushed between the script and the read; the next round re-creates it.
                         response = None
                     for entry_id, fields in _stream_entries(response):
                         job = _job(queue, entry_id, (fields or {}).get("m", ""), 1)

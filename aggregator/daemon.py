@@ -148,11 +148,12 @@ class Daemon:
                 await self._refresher
         if self._runner is not None:
             await self._runner.cleanup()
+        # The outbox sends through the channel adapters: it stops (finishing its sends) before they do.
+        if self.outbox is not None:
+            await self.outbox.stop()
         if self.channels is not None:
             await self.channels.stop_all()
         await self.ingestor.stop()
-        if self.outbox is not None:
-            await self.outbox.stop()
         if self._http is not None:
             await self._http.close()
         await self.bus.close()

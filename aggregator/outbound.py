@@ -120,6 +120,12 @@ class OutboxWorker:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), 1.0)
                 continue
+            except Exception:
+                # A worker that ended here would silently stop all sending until a restart.
+                log.exception("outbox worker %s: taking work failed; retrying in 1s", consumer)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), 1.0)
+                continue
             for job in jobs:
                 await self._handle(job)
 

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from importlib.metadata import entry_points
-from typing import Any, ClassVar, Generic, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, get_args
 
 import aiohttp
 from aiohttp import web
@@ -100,7 +100,12 @@ class ChannelConfig(BaseModel):
 
     @classmethod
     def secret_fields(cls) -> set[str]:
-        return {name for name, info in cls.model_fields.items() if info.annotation is SecretStr}
+        # `SecretStr | None` counts too: split_secrets() stores such a field encrypted.
+        return {
+            name
+            for name, info in cls.model_fields.items()
+            if SecretStr in (info.annotation, *get_args(info.annotation))
+        }
 
     @classmethod
     def parse(cls, kind: str, values: Mapping[str, Any]) -> ChannelConfig:

@@ -6,8 +6,13 @@ import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
+from aggregator.config import Settings
+from aggregator.daemon import Daemon
+from fakes.callback import CallbackServer
+from support.app import SECRET, Core, make_settings, open_core, running_daemon
 from support.redis_server import RedisServer
 
 
@@ -22,3 +27,40 @@ async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
         yield server
     finally:
         await server.stop()
+
+
+@pytest.fixture
+def app_settings(tmp_path: Path) -> Settings:
+    """Settings with data under tmp_path, an ephemeral HTTP port and a fast outbox."""
+    return make_settings(tmp_path)
+
+
+@pytest.fixture
+async def core(app_settings: Settings) -> AsyncIterator[Core]:
+    """The inbound pipeline (store, in-process bus, ingestor, channel manager), closed at teardown."""
+    async with open_core(app_settings) as opened:
+        yield opened
+
+
+@pytest.fixture
+async def daemon(app_settings: Settings) -> AsyncIterator[Daemon]:
+    """A whole running daemon on an ephemeral port (`daemon.port`), stopped at teardown."""
+    async with running_daemon(app_settings) as running:
+        yield running
+
+
+@pytest.fixture
+async def http_session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+async def callback_server() -> AsyncIterator[CallbackServer]:
+    """The shop's callback endpoint for API channel replies, verifying signatures made with SECRET."""
+    server = CallbackServer(SECRET)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.close()

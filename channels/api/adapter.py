@@ -83,12 +83,21 @@ class _Payload(BaseModel):
 
 
 def _error(
-    status: type[web.HTTPException], code: str, message: str, field: str | None = None
+    status: type[web.HTTPException],
+    code: str,
+    message: str,
+    field: str | None = None,
+    **status_args: Any,
 ) -> web.HTTPException:
     body: dict[str, Any] = {"code": code, "message": message}
     if field is not None:
         body["field"] = field
-    return status(text=json.dumps({"error": body}), content_type="application/json")
+    return status(text=json.dumps({"error": body}), content_type="application/json", **status_args)
+
+
+def _too_large(code: str, message: str, limit: int, size: int, field: str | None = None) -> web.HTTPException:
+    # aiohttp's 413 exception requires the limit and the size it was given.
+    return _error(web.HTTPRequestEntityTooLarge, code, message, field, max_size=limit, actual_size=size)
 
 
 class ApiChannel(ChannelAdapter[ApiChannelConfig]):
@@ -103,7 +112,9 @@ class ApiChannel(ChannelAdapter[ApiChannelConfig]):
             raise web.HTTPMethodNotAllowed(request.method, ["POST"])
         limit = self.context.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
-            raise _error(web.HTTPRequestEntityTooLarge, "too_large", f"body over the limit of {limit} bytes")
+            raise _too_large(
+                "too_large", f"body over the limit of {limit} bytes", limit, request.content_length
+            )
         # StreamReader.read(n) returns what has arrived so far, not n bytes: read until the end.
         received = bytearray()
         while len(received) <= limit:
@@ -113,7 +124,7 @@ class ApiChannel(ChannelAdapter[ApiChannelConfig]):
             received += chunk
         body = bytes(received)
         if len(body) > limit:
-            raise _error(web.HTTPRequestEntityTooLarge, "too_large", f"body over the limit of {limit} bytes")
+            raise _too_large("too_large", f"body over the limit of {limit} bytes", limit, len(body))
 
         given = request.headers.get(SIGNATURE_HEADER, "")
         expected = sign(self.config.secret.get_secret_value(), body)
@@ -160,10 +171,11 @@ class ApiChannel(ChannelAdapter[ApiChannelConfig]):
                     web.HTTPBadRequest, "invalid_field", f"{field}: not valid base64", field
                 ) from exc
             if len(content) > self.context.max_attachment_bytes:
-                raise _error(
-                    web.HTTPRequestEntityTooLarge,
+                raise _too_large(
                     "attachment_too_large",
                     f"{field}: {len(content)} bytes, over the limit of {self.context.max_attachment_bytes}",
+                    self.context.max_attachment_bytes,
+                    len(content),
                     field,
                 )
             attachments.append(InboundAttachment(attachment.filename, attachment.content_type, content))
@@ -252,7 +264,7 @@ class ApiChannel(ChannelAdapter[ApiChannelConfig]):
                     response.status < 500, f"callback {url} answered HEAD with {response.status}"
                 )
         except (aiohttp.ClientError, TimeoutError) as exc:
-            return CheckResult(False, f"callback {url} unreachable: {exc!r}")
+            return CheckResult(False, f"callback {url} unreachable: {exc or type(exc).__name__}")
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -1,0 +1,1 @@
+"""Fake external services: real aiohttp servers on loopback that behave like the services they stand for."""
