@@ -94,6 +94,8 @@ class Ingestor:
         """Store the message exactly once; return only after it is durable."""
         if self._closed:
             raise IngestClosed("the daemon is shutting down; retry later")
+        if message.sent_at is not None and message.sent_at.tzinfo is None:
+            raise ValueError(f"message {message.external_id!r}: sent_at must carry a time zone")
         started = time.perf_counter()
         workspace_id, kind = await self._account(message.channel_account_id)
         # Every size is checked before any file is written: a refused message leaves nothing on disk.

@@ -53,6 +53,7 @@ class OutboxWorker:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._enqueued_at: dict[str, float] = {}
+        self._busy: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         for number in range(self.settings.workers):
@@ -63,6 +64,11 @@ class OutboxWorker:
     async def stop(self) -> None:
         """Take no new work; let sends in flight finish (each is bounded by the send timeout)."""
         self._stopping.set()
+        # Workers waiting for work have nothing to finish; a job a cancelled take had already claimed
+        # on the bus is handed out again after the visibility timeout, and SQL still has it anyway.
+        for task in self._tasks:
+            if task not in self._busy:
+                task.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=self.settings.send_timeout_seconds + 5)
         for task in self._tasks:
@@ -126,8 +132,14 @@ class OutboxWorker:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), 1.0)
                 continue
-            for job in jobs:
-                await self._handle(job)
+            task = asyncio.current_task()
+            assert task is not None
+            self._busy.add(task)
+            try:
+                for job in jobs:
+                    await self._handle(job)
+            finally:
+                self._busy.discard(task)
 
     async def _handle(self, job: Job) -> None:
         try:
@@ -159,7 +171,7 @@ class OutboxWorker:
             )
             if wait > 0:
                 await self.store.finish_outbox(
-                    item, OutboxStatus.QUEUED, next_attempt_at=now + timedelta(seconds=wait)
+                    item, OutboxStatus.QUEUED, next_attempt_at=now + timedelta(seconds=wait), attempted=False
                 )
                 await self.enqueue(outbox_id, delay=wait)
                 return OutboxStatus.QUEUED

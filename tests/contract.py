@@ -74,6 +74,10 @@ class AdapterContract:
     adapter_class: ClassVar[type[ChannelAdapter[Any]]]
     secret_fields: ClassVar[frozenset[str]]
     inbound_sender: ClassVar[str] = "contract-sender"
+
+    def expected_address(self, adapter: ChannelAdapter[Any], sender: str) -> str:
+        """The identity address the adapter stores for `sender` (some scope it to the account)."""
+        return sender
     recipient_address: ClassVar[str] = "contract-recipient"
     status_errors: ClassVar[Mapping[int, type[ChannelError]]] = DEFAULT_STATUS_ERRORS
 
@@ -191,7 +195,7 @@ class AdapterContract:
         assert message.channel_account_id == adapter.account.id
         assert message.external_id
         assert message.sender.kind == adapter.kind
-        assert message.sender.address == self.inbound_sender
+        assert message.sender.address == self.expected_address(adapter, self.inbound_sender)
         assert "contract inbound text" in message.text
         assert message.sent_at is None or message.sent_at.tzinfo is not None
         stored = await sql(

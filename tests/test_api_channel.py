@@ -82,7 +82,7 @@ async def test_signed_message_is_stored_and_answered_202_with_its_ids(api: ApiSe
         "in",
     )
     identity = await sql(daemon.store, "SELECT kind, address, display_name FROM identities")
-    assert [tuple(r) for r in identity] == [("api", "cust-42", "Dana Buyer")]
+    assert [tuple(r) for r in identity] == [("api", f"{api.channel_id}/cust-42", "Dana Buyer")]
     contact = await sql(daemon.store, "SELECT email FROM contacts")
     assert contact[0][0] == "dana@example.com"
 
@@ -291,6 +291,18 @@ async def test_thread_id_keeps_one_conversation_and_is_kept_for_replies(
         core.store, "SELECT thread_ref FROM conversations WHERE id = :id", id=one.body["conversation_id"]
     )
     assert refs[0][0] == "order-1001"
+
+
+async def test_the_same_sender_id_from_two_api_channels_is_two_contacts(
+    api_fast: ApiSender, core: Core
+) -> None:
+    other_shop = ApiSender(api_fast.http, api_fast.base_url, await core.add_channel())
+    one = await api_fast.post(payload("e1"))
+    two = await other_shop.post(payload("e1"))
+    assert (one.status, two.status) == (202, 202)
+    assert one.body["conversation_id"] != two.body["conversation_id"]
+    contacts = await sql(core.store, "SELECT COUNT(*) FROM contacts")
+    assert contacts[0][0] == 2
 
 
 async def test_health_readiness_and_metrics(api: ApiSender, daemon: Daemon) -> None:

@@ -10,7 +10,7 @@ from contract import DEFAULT_STATUS_ERRORS, AdapterContract, InboundDelivery, Se
 from pydantic import SecretStr
 
 from channels.api import ApiChannel
-from channels.base import ChannelConfig, ChannelError, PermanentError
+from channels.base import ChannelAdapter, ChannelConfig, ChannelError, PermanentError
 from fakes.callback import CallbackServer
 from support.app import SECRET, ApiSender, Core, closed_port
 
@@ -21,6 +21,9 @@ class TestApiChannelContract(AdapterContract):
     adapter_class = ApiChannel
     secret_fields = frozenset({"secret"})
     inbound_sender = "shop-customer-7"
+
+    def expected_address(self, adapter: ChannelAdapter[Any], sender: str) -> str:
+        return f"{adapter.account.id}/{sender}"
     # The API channel has no credentials of its own at the callback: a 401/403 there is the shop's
     # endpoint refusing this message, not a reason to stop the channel.
     status_errors: dict[int, type[ChannelError]] = {

@@ -96,6 +96,20 @@ async def test_identity_resolves_to_one_contact_and_a_new_display_name_updates_i
     assert [(r.kind, r.address, r.display_name) for r in identities] == [("api", "cust-7", "Ann Smith")]
     senders = await sql(core.store, "SELECT DISTINCT sender_contact_id FROM messages")
     assert [r[0] for r in senders] == [identities[0].contact_id]
+    contacts = await sql(core.store, "SELECT name FROM contacts")
+    assert [r.name for r in contacts] == ["Ann Smith"]
+    found = await sql(core.store, "SELECT ref_id FROM search_index WHERE search_index MATCH 'smith'")
+    assert [r.ref_id for r in found] == [identities[0].contact_id]
+
+
+async def test_a_name_an_agent_gave_the_contact_is_kept_when_the_display_name_changes(
+    core: Core, channel_id: str
+) -> None:
+    await core.ingest(inbound(channel_id, "m1", sender="cust-7", name="Ann"))
+    await sql_write(core.store, "UPDATE contacts SET name = 'Ann (VIP, Berlin)'")
+    await core.ingest(inbound(channel_id, "m2", sender="cust-7", name="Annie"))
+    contacts = await sql(core.store, "SELECT name FROM contacts")
+    assert [r.name for r in contacts] == ["Ann (VIP, Berlin)"]
 
 
 async def test_different_senders_are_different_contacts(core: Core, channel_id: str) -> None:
@@ -181,7 +195,10 @@ async def test_resolved_conversation_reopens_on_a_customer_message_not_on_an_aut
 ) -> None:
     first = await core.ingest(inbound(channel_id, "m1"))
     await sql_write(
-        core.store, "UPDATE conversations SET status = 'resolved' WHERE id = :id", id=first.conversation_id
+        core.store,
+        "UPDATE conversations SET status = 'resolved', resolved_at = '2026-01-01T00:00:00.000000Z' "
+        "WHERE id = :id",
+        id=first.conversation_id,
     )
 
     auto = await core.ingest(inbound(channel_id, "m2", flags=MessageFlags(auto_submitted=True)))
@@ -195,9 +212,9 @@ async def test_resolved_conversation_reopens_on_a_customer_message_not_on_an_aut
     human = await core.ingest(inbound(channel_id, "m3"))
     assert human.conversation_id == first.conversation_id
     status = await sql(
-        core.store, "SELECT status FROM conversations WHERE id = :id", id=first.conversation_id
+        core.store, "SELECT status, resolved_at FROM conversations WHERE id = :id", id=first.conversation_id
     )
-    assert status[0][0] == "open"
+    assert tuple(status[0]) == ("open", None)
     audit = await sql(
         core.store,
         "SELECT conversation_id, workspace_id, data FROM audit_events WHERE type = 'conversation.reopened'",
@@ -328,8 +345,8 @@ async def test_one_bad_message_in_a_batch_does_not_fail_the_others(
 ) -> None:
     await core.ingest(inbound(channel_id, "warm-up"))
     caplog.set_level(logging.WARNING, logger="aggregator.ingest")
-    # An adapter bug: a naive sent_at cannot be stored (the record keeps aware UTC times only).
-    bad = inbound(channel_id, "bad", sender="b", sent_at=datetime(2024, 1, 1, 12, 0))
+    # An adapter bug: a payload field that cannot be stored as JSON fails its batch's transaction.
+    bad = inbound(channel_id, "bad", sender="b", extra={"unstorable": object()})
     calls = [core.ingest(inbound(channel_id, f"good-{n}", sender=f"g{n}")) for n in range(10)]
     calls.insert(5, core.ingest(bad))
 
@@ -337,12 +354,18 @@ async def test_one_bad_message_in_a_batch_does_not_fail_the_others(
 
     failed = outcomes.pop(5)
     assert isinstance(failed, StatementError)
-    assert "naive datetime" in str(failed)
+    assert "not JSON serializable" in str(failed)
     assert all(not isinstance(o, BaseException) and o.created for o in outcomes)
     assert await count(core, "messages", "external_id LIKE 'good-%'") == 10
     assert await count(core, "messages", "external_id = 'bad'") == 0
     assert await count(core, "contacts", "name IS NULL") == 11  # warm-up sender + ten good ones
     assert "retrying one by one" in caplog.text
+
+
+async def test_a_naive_sent_at_is_refused_before_anything_is_written(core: Core, channel_id: str) -> None:
+    with pytest.raises(ValueError, match="sent_at must carry a time zone"):
+        await core.ingest(inbound(channel_id, "naive", sent_at=datetime(2024, 1, 1, 12, 0)))
+    assert await count(core, "messages", "external_id = 'naive'") == 0
 
 
 # Events

@@ -365,12 +365,6 @@ class SlowApiChannel(ApiChannel):
     capabilities = Capabilities(send_rate=0.001, send_burst=1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="OutboxWorker.process: a send deferred by the channel's rate limit still counts as an attempt "
-    "(claim_outbox increments attempts before the rate limit is consulted), so a busy rate-limited "
-    "channel gives replies up after max_attempts without trying them",
-)
 async def test_rate_limit_deferral_is_not_a_send_attempt(
     app_settings: Settings, callback_server: CallbackServer
 ) -> None:

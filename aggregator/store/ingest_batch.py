@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, insert, select, text, tuple_, update
+from sqlalchemy import Connection, bindparam, insert, or_, select, text, tuple_, update
 
 from aggregator.model import (
     ConversationStatus,
@@ -191,7 +191,24 @@ def ingest_batch(conn: Connection, items: Sequence[PreparedInbound], now: dateti
         else:
             identity_id, contact_id, display_name = known
             if msg.sender.display_name and msg.sender.display_name != display_name:
-                renamed_identities.append({"b_id": identity_id, "b_name": msg.sender.display_name})
+                renamed_identities.append(
+                    {
+                        "b_id": identity_id,
+                        "b_contact": contact_id,
+                        "b_name": msg.sender.display_name,
+                        "b_old": display_name,
+                    }
+                )
+                # The old name stays searchable too: people search by the name they remember.
+                search_rows.append(
+                    {
+                        "body": msg.sender.display_name,
+                        "workspace_id": ws,
+                        "conversation_id": None,
+                        "ref_id": contact_id,
+                        "kind": "contact",
+                    }
+                )
                 identity_of[identity_key] = (identity_id, contact_id, msg.sender.display_name)
 
         matches = key_matches.setdefault(account, {})
@@ -323,6 +340,17 @@ def ingest_batch(conn: Connection, items: Sequence[PreparedInbound], now: dateti
             update(i).where(i.c.id == bindparam("b_id")).values(display_name=bindparam("b_name")),
             renamed_identities,
         )
+        # The contact's name follows unless someone set it to something else.
+        co = t.contacts
+        conn.execute(
+            update(co)
+            .where(
+                co.c.id == bindparam("b_contact"),
+                or_(co.c.name.is_(None), co.c.name == bindparam("b_old")),
+            )
+            .values(name=bindparam("b_name"), updated_at=now),
+            renamed_identities,
+        )
     if new_conversations:
         conn.execute(insert(t.conversations), new_conversations)
     if new_messages:
@@ -342,6 +370,12 @@ def ingest_batch(conn: Connection, items: Sequence[PreparedInbound], now: dateti
         for conv in conversations.values()
         if conv.changed and not conv.new
     ]
+    reopened = [{"b_id": conv.id} for conv in conversations.values() if conv.reopened]
+    if reopened:
+        conn.execute(
+            update(c).where(c.c.id == bindparam("b_id")).values(resolved_at=None, snoozed_until=None),
+            reopened,
+        )
     if touched:
         conn.execute(
             update(c)

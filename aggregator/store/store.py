@@ -477,21 +477,28 @@ class Store:
         external_id: str | None = None,
         error: str | None = None,
         next_attempt_at: datetime | None = None,
+        attempted: bool = True,
     ) -> None:
-        """Record the outcome of a send: sent, failed for good, or queued again for a retry."""
+        """Record the outcome of a send: sent, failed for good, or queued again for a retry.
+
+        `attempted=False` hands back a claim that did not try to send (e.g. held by a rate limit), so
+        it does not count towards the attempt limit.
+        """
         now = utcnow()
+        values: dict[str, Any] = {
+            "status": status.value,
+            "claimed_until": None,
+            "next_attempt_at": next_attempt_at or now,
+            "updated_at": now,
+        }
+        if attempted:
+            values["last_error"] = error
+        else:
+            values["attempts"] = t.outbox.c.attempts - 1
         async with self.write() as conn:
-            await conn.execute(
-                update(t.outbox)
-                .where(t.outbox.c.id == item.outbox_id)
-                .values(
-                    status=status.value,
-                    last_error=error,
-                    claimed_until=None,
-                    next_attempt_at=next_attempt_at or now,
-                    updated_at=now,
-                )
-            )
+            await conn.execute(update(t.outbox).where(t.outbox.c.id == item.outbox_id).values(**values))
+            if not attempted:
+                return
             message_values: dict[str, Any] = {"delivery_error": error}
             if status is OutboxStatus.SENT:
                 message_values |= {"delivery_status": DeliveryStatus.SENT.value, "sent_at": now}

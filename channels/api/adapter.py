@@ -146,6 +146,14 @@ class ApiChannel(ChannelAdapter[ApiChannelConfig]):
             {"message_id": result.message_id, "conversation_id": result.conversation_id}, status=status
         )
 
+    def _address(self, sender_id: str) -> str:
+        # Sender ids are each integration's own: the same "42" from two shops is two people.
+        return f"{self.account.id}/{sender_id}"
+
+    def _sender_id(self, address: str) -> str:
+        prefix = f"{self.account.id}/"
+        return address[len(prefix) :] if address.startswith(prefix) else address
+
     def _parse(self, body: bytes) -> InboundMessage:
         try:
             data = json.loads(body)
@@ -204,7 +212,7 @@ class ApiChannel(ChannelAdapter[ApiChannelConfig]):
         return InboundMessage(
             channel_account_id=self.account.id,
             external_id=payload.external_id,
-            sender=Identity(KIND, sender.id, sender.name, sender.email),
+            sender=Identity(KIND, self._address(sender.id), sender.name, sender.email),
             text=payload.text,
             thread=thread,
             subject=payload.subject,
@@ -221,7 +229,7 @@ class ApiChannel(ChannelAdapter[ApiChannelConfig]):
                 "message_id": message.message_id,
                 "conversation_id": message.conversation_id,
                 "thread_id": message.thread_ref,
-                "recipient": {"id": message.recipient.address},
+                "recipient": {"id": self._sender_id(message.recipient.address)},
                 "text": message.text,
             }
         ).encode()
