@@ -16,7 +16,7 @@ from datetime import datetime
 import aiohttp
 from aiohttp import web
 
-from aggregator.api.app import create_app
+from aggregator.api.app import Drain, create_app
 from aggregator.attachments import AttachmentStore
 from aggregator.bus import Bus, create_bus
 from aggregator.channels import ChannelManager
@@ -32,6 +32,7 @@ from channels.base import Registry
 log = logging.getLogger(__name__)
 
 CHANNEL_REFRESH_SECONDS = 10.0
+SHUTDOWN_SECONDS = 30.0
 
 
 def new_token() -> str:
@@ -88,6 +89,7 @@ class Daemon:
         self.bootstrap: Bootstrap | None = None
         self._http: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
+        self._drain = Drain()
         self._refresher: asyncio.Task[None] | None = None
         self.channels: ChannelManager | None = None
         self.outbox: OutboxWorker | None = None
@@ -120,8 +122,10 @@ class Daemon:
             clock=self.clock,
         )
         await self.outbox.start()
-        app = create_app(self.store, self.bus, self.metrics, channels, self.settings.http.max_body_bytes)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=30.0, handle_signals=False)
+        app = create_app(
+            self.store, self.bus, self.metrics, channels, self.settings.http.max_body_bytes, self._drain
+        )
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.http.host, self.settings.http.port)
         await site.start()
@@ -147,6 +151,10 @@ class Daemon:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._refresher
         if self._runner is not None:
+            for site in list(self._runner.sites):
+                await site.stop()
+            if not await self._drain.drain(SHUTDOWN_SECONDS):
+                log.warning("requests still running after %ss; cutting them off", SHUTDOWN_SECONDS)
             await self._runner.cleanup()
         # The outbox sends through the channel adapters: it stops (finishing its sends) before they do.
         if self.outbox is not None:

@@ -101,6 +101,10 @@ class OutboxWorker:
         now = self.clock()
         mono = time.monotonic()
         lost_after = max(30.0, 4 * self.settings.sweep_interval_seconds)
+        if self._enqueued_at and await self.bus.queue_depth(OUTBOX_QUEUE) == 0:
+            # The bus holds nothing (flushed, or a Redis restarted without persistence): what we
+            # handed it recently is gone too, so do not wait for `lost_after` to hand it again.
+            self._enqueued_at.clear()
         count = 0
         for outbox_id, next_attempt_at in await self.store.due_outbox(now):
             seen = self._enqueued_at.get(outbox_id)

@@ -556,12 +556,6 @@ async def test_sigterm_during_flood_exits_0_and_every_2xx_is_stored(
     assert set(inbound_by_external_id(daemon, channel)) == set(bodies)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="aiohttp's graceful shutdown (RequestHandler.shutdown sets _force_close, and data_received then "
-    "drops every byte) starves a handler still reading its body: Daemon.stop() -> AppRunner.cleanup() waits "
-    "shutdown_timeout=30s for it, then cancels it, so SIGTERM takes 30s and the request is never answered",
-)
 @pytest.mark.timeout(60)
 async def test_sigterm_finishes_a_request_whose_body_is_still_arriving(
     make_daemon: MakeDaemon, http: aiohttp.ClientSession
@@ -776,11 +770,6 @@ async def post_signed_stream(
         return r.status, await r.text()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="UTCDateTime writes years before 1000 unpadded ('1-01-01T...', strftime %Y), which it cannot "
-    "read back: the message is stored, then every read of it raises ValueError",
-)
 @pytest.mark.timeout(60)
 async def test_message_with_an_early_sent_at_is_readable_back(
     make_daemon: MakeDaemon, http: aiohttp.ClientSession

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -19,6 +20,46 @@ STORE = web.AppKey("store", Store)
 BUS = web.AppKey("bus", Bus)
 METRICS = web.AppKey("metrics", Metrics)
 CHANNELS = web.AppKey("channels", ChannelManager)
+
+
+class Drain:
+    """Counts requests in flight, so a shutdown can refuse new ones and wait for those running.
+
+    aiohttp's own graceful shutdown drops the bytes of bodies still arriving, so a handler reading a
+    slow upload would wait out the shutdown timeout and be cancelled; waiting here, before the
+    connections are shut down, lets it finish.
+    """
+
+    def __init__(self) -> None:
+        self.draining = False
+        self._count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if self.draining:
+            response = error_response(503, "shutting_down", "the daemon is shutting down; retry later")
+            response.force_close()
+            return response
+        self._count += 1
+        self._idle.clear()
+        try:
+            result: web.StreamResponse = await handler(request)
+            return result
+        finally:
+            self._count -= 1
+            if self._count == 0:
+                self._idle.set()
+
+    async def drain(self, within: float) -> bool:
+        """Refuse new requests; True when those in flight finished within `within` seconds."""
+        self.draining = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), within)
+        except TimeoutError:
+            return False
+        return True
 
 
 def error_response(status: int, code: str, message: str, field: str | None = None) -> web.Response:
@@ -80,11 +121,17 @@ async def channel_endpoint(request: web.Request) -> web.StreamResponse:
 
 
 def create_app(
-    store: Store, bus: Bus, metrics_: Metrics, channels: ChannelManager, max_body_bytes: int
+    store: Store,
+    bus: Bus,
+    metrics_: Metrics,
+    channels: ChannelManager,
+    max_body_bytes: int,
+    drain: Drain | None = None,
 ) -> web.Application:
     # Bodies are read by the handlers themselves, each against its own limit; this bound only keeps
     # aiohttp's own buffering (request.read/json) from taking more.
-    app = web.Application(middlewares=[json_errors], client_max_size=max_body_bytes)
+    middlewares = [json_errors] if drain is None else [drain.middleware, json_errors]
+    app = web.Application(middlewares=middlewares, client_max_size=max_body_bytes)
     app[STORE] = store
     app[BUS] = bus
     app[METRICS] = metrics_

@@ -47,7 +47,12 @@ def format_time(value: datetime) -> str:
     """Fixed-width UTC text; cached, as one batch stamps thousands of rows with the same time."""
     if value.tzinfo is None:
         raise ValueError("naive datetime given where an aware UTC datetime is required")
-    return value.astimezone(UTC).strftime(TIME_FORMAT)
+    v = value.astimezone(UTC)
+    # Not strftime: its %Y does not pad years before 1000, and this text must sort and parse back.
+    return (
+        f"{v.year:04d}-{v.month:02d}-{v.day:02d}T{v.hour:02d}:{v.minute:02d}:{v.second:02d}."
+        f"{v.microsecond:06d}Z"
+    )
 
 
 metadata = MetaData(
