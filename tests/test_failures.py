@@ -28,7 +28,7 @@ from aggregator.secrets import SecretBox
 from aggregator.store import Store
 from channels.api import sign
 from channels.api.adapter import SIGNATURE_HEADER
-from fakes.counting_callback import CountingCallback
+from fakes.callback import CallbackServer
 from support.daemon_process import DaemonProcess
 from support.redis_server import RedisServer
 
@@ -36,7 +36,7 @@ SECRET = "failure-tests-secret-0123456789"
 CONNECTION_ERRORS = (aiohttp.ClientConnectionError, asyncio.TimeoutError)
 
 MakeDaemon = Callable[..., Awaitable[DaemonProcess]]
-MakeCallback = Callable[..., Awaitable[CountingCallback]]
+MakeCallback = Callable[..., Awaitable[CallbackServer]]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -61,11 +61,11 @@ async def make_daemon(tmp_path: Path) -> AsyncIterator[MakeDaemon]:
 
 @pytest.fixture
 async def make_callback() -> AsyncIterator[MakeCallback]:
-    """Factory of started counting callback servers, closed at teardown."""
-    callbacks: list[CountingCallback] = []
+    """Factory of started callback servers, closed at teardown."""
+    callbacks: list[CallbackServer] = []
 
-    async def make(**options: Any) -> CountingCallback:
-        callback = CountingCallback(SECRET, **options)
+    async def make(**options: Any) -> CallbackServer:
+        callback = CallbackServer(SECRET, external_id_format="shop-{message_id}", **options)
         await callback.start()
         callbacks.append(callback)
         return callback
@@ -312,7 +312,7 @@ async def test_kill9_while_sending_replies_delivers_each_once_except_those_in_fl
     await asyncio.sleep(0.5)  # anything still to arrive would be a duplicate
 
     counts = callback.counts(accepted_only=False)
-    assert callback.bad_signatures == 0 and callback.malformed == 0
+    assert callback.rejected_signatures == 0 and callback.malformed == 0
     assert set(counts) == set(replies), (
         f"missing: {sorted(set(replies) - set(counts))[:5]}, unknown: {sorted(set(counts) - set(replies))[:5]}"
     )
