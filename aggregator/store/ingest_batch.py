@@ -178,15 +178,7 @@ def ingest_batch(conn: Connection, items: Sequence[PreparedInbound], now: dateti
                 }
             )
             if msg.sender.display_name:
-                search_rows.append(
-                    {
-                        "body": msg.sender.display_name,
-                        "workspace_id": ws,
-                        "conversation_id": None,
-                        "ref_id": contact_id,
-                        "kind": "contact",
-                    }
-                )
+                search_rows.append(_search_row(ws, None, contact_id, "contact", msg.sender.display_name))
             identity_of[identity_key] = (identity_id, contact_id, msg.sender.display_name)
         else:
             identity_id, contact_id, display_name = known
@@ -200,15 +192,7 @@ def ingest_batch(conn: Connection, items: Sequence[PreparedInbound], now: dateti
                     }
                 )
                 # The old name stays searchable too: people search by the name they remember.
-                search_rows.append(
-                    {
-                        "body": msg.sender.display_name,
-                        "workspace_id": ws,
-                        "conversation_id": None,
-                        "ref_id": contact_id,
-                        "kind": "contact",
-                    }
-                )
+                search_rows.append(_search_row(ws, None, contact_id, "contact", msg.sender.display_name))
                 identity_of[identity_key] = (identity_id, contact_id, msg.sender.display_name)
 
         matches = key_matches.setdefault(account, {})
@@ -238,15 +222,7 @@ def ingest_batch(conn: Connection, items: Sequence[PreparedInbound], now: dateti
                 }
             )
             if msg.subject:
-                search_rows.append(
-                    {
-                        "body": msg.subject,
-                        "workspace_id": ws,
-                        "conversation_id": conversation_id,
-                        "ref_id": conversation_id,
-                        "kind": "subject",
-                    }
-                )
+                search_rows.append(_search_row(ws, conversation_id, conversation_id, "subject", msg.subject))
             audit_rows.append(_audit(ws, conversation_id, "conversation.created", {}, now))
             events.append(
                 Event("conversation.created", ws, {"conversation_id": conversation_id}, conversation_id)
@@ -311,15 +287,7 @@ def ingest_batch(conn: Connection, items: Sequence[PreparedInbound], now: dateti
                 }
             )
         if msg.text:
-            search_rows.append(
-                {
-                    "body": msg.text,
-                    "workspace_id": ws,
-                    "conversation_id": conversation_id,
-                    "ref_id": message_id,
-                    "kind": "message",
-                }
-            )
+            search_rows.append(_search_row(ws, conversation_id, message_id, "message", msg.text))
         events.append(
             Event(
                 "message.created",
@@ -393,6 +361,18 @@ def ingest_batch(conn: Connection, items: Sequence[PreparedInbound], now: dateti
     if audit_rows:
         conn.execute(insert(t.audit_events), audit_rows)
     return BatchOutcome(results, events)
+
+
+def _search_row(
+    workspace_id: str, conversation_id: str | None, ref_id: str, kind: str, body: str
+) -> dict[str, Any]:
+    return {
+        "body": body,
+        "workspace_id": workspace_id,
+        "conversation_id": conversation_id,
+        "ref_id": ref_id,
+        "kind": kind,
+    }
 
 
 def _audit(
