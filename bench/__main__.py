@@ -3,6 +3,8 @@
     python -m bench [--duration 20] [--connections 64] [--messages 1000000] [--quick] [--skip-memory]
 
 `make bench` runs this.  --quick: 10 s of load and 100k stored messages instead of 20 s and 1M.
+The full run takes about 20 minutes, most of it filling 1M messages (about 1,000 msgs/s at 3f69d5f, because
+ingest gets slower as the database grows; see bench/micro.py and `bench.ingest --whatif index-in`).
 """
 
 from __future__ import annotations
