@@ -235,7 +235,9 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
             workspace_id = await _workspace_id(store, settings, args.workspace)
             print(await store.create_channel_account(workspace_id, args.kind, args.name, plain, secret))
         elif command == "channel" and action == "list":
-            only: str | None = await _workspace_id(store, settings, args.workspace) if args.workspace else None
+            only: str | None = (
+                await _workspace_id(store, settings, args.workspace) if args.workspace else None
+            )
             names = {w.id: w.name for w in await store.list_workspaces()}
             accounts = await store.list_channel_accounts(only)
             if not accounts:

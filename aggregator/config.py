@@ -34,6 +34,7 @@ class IngestSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_batch: int = Field(500, ge=1, le=5000)
+    writer_process: bool = True
 
 
 class OutboxSettings(BaseModel):

@@ -48,7 +48,11 @@ class Bootstrap:
 def open_store(settings: Settings) -> Store:
     # Owner-only: the database holds customers' messages.
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return Store.open(settings.resolved_database_url, SecretBox.load(settings.data_dir, settings.secret_key))
+    return Store.open(
+        settings.resolved_database_url,
+        SecretBox.load(settings.data_dir, settings.secret_key),
+        writer_process=settings.ingest.writer_process,
+    )
 
 
 async def bootstrap(store: Store, settings: Settings) -> Bootstrap:
@@ -97,6 +101,7 @@ class Daemon:
 
     async def start(self) -> None:
         self.bootstrap = await bootstrap(self.store, self.settings)
+        await self.store.start_writer()
         await self.bus.start()
         await self.ingestor.start()
         self._http = aiohttp.ClientSession()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -20,6 +22,7 @@ from aggregator.bus import Bus, BusUnavailable
 from aggregator.metrics import Metrics
 from aggregator.model import Event, InboundMessage, IngestResult, utcnow
 from aggregator.store import PreparedInbound, Store, StoredAttachment
+from aggregator.store.schema import EncodedJSON
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +113,16 @@ class Ingestor:
                 )
             )
         raw_ref = await self.attachments.put(message.raw) if message.raw is not None else None
+        try:
+            extra_json = EncodedJSON(json.dumps(message.extra))
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise ValueError(
+                f"message {message.external_id!r}: extra cannot be stored as JSON: {exc}"
+            ) from exc
+        # What is on disk already, or encoded, does not travel to the writer (possibly another process).
+        lean = dataclasses.replace(message, attachments=(), raw=None, extra={})
         future: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
-        prepared = PreparedInbound(message, workspace_id, stored, raw_ref)
+        prepared = PreparedInbound(lean, workspace_id, stored, raw_ref, extra_json)
         await self._queue.put(_Pending(prepared, kind, future, started))
         return await future
 

@@ -10,7 +10,6 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy.exc import StatementError
 
 from aggregator.attachments import AttachmentTooLarge
 from aggregator.model import InboundAttachment, MessageFlags, ThreadHints
@@ -345,21 +344,26 @@ async def test_one_bad_message_in_a_batch_does_not_fail_the_others(
 ) -> None:
     await core.ingest(inbound(channel_id, "warm-up"))
     caplog.set_level(logging.WARNING, logger="aggregator.ingest")
-    # An adapter bug: a payload field that cannot be stored as JSON fails its batch's transaction.
-    bad = inbound(channel_id, "bad", sender="b", extra={"unstorable": object()})
+    # An adapter bug: text that is not valid Unicode (a lone surrogate) fails its batch's transaction.
+    bad = inbound(channel_id, "bad", sender="b", text_body="broken \ud800 text")
     calls = [core.ingest(inbound(channel_id, f"good-{n}", sender=f"g{n}")) for n in range(10)]
     calls.insert(5, core.ingest(bad))
 
     outcomes = await asyncio.gather(*calls, return_exceptions=True)
 
     failed = outcomes.pop(5)
-    assert isinstance(failed, StatementError)
-    assert "not JSON serializable" in str(failed)
+    assert isinstance(failed, UnicodeEncodeError)
     assert all(not isinstance(o, BaseException) and o.created for o in outcomes)
     assert await count(core, "messages", "external_id LIKE 'good-%'") == 10
     assert await count(core, "messages", "external_id = 'bad'") == 0
     assert await count(core, "contacts", "name IS NULL") == 11  # warm-up sender + ten good ones
     assert "retrying one by one" in caplog.text
+
+
+async def test_extra_that_is_not_json_is_refused_before_anything_is_written(core: Core, channel_id: str) -> None:
+    with pytest.raises(ValueError, match="extra cannot be stored as JSON"):
+        await core.ingest(inbound(channel_id, "odd", extra={"unstorable": object()}))
+    assert await count(core, "messages", "external_id = 'odd'") == 0
 
 
 async def test_a_naive_sent_at_is_refused_before_anything_is_written(core: Core, channel_id: str) -> None:

@@ -3,7 +3,10 @@ replies and the outbox claim."""
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import AsyncIterator
+from concurrent.futures.process import BrokenProcessPool
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -15,7 +18,9 @@ from sqlalchemy import event
 from aggregator.model import OutboxStatus, Role, ThreadHints, utcnow
 from aggregator.secrets import SecretBox, SecretKeyError
 from aggregator.store import Conflict, NotFound, PreparedInbound, Store
+from aggregator.store.engine import create_sqlite_writer
 from aggregator.store.schema import format_time
+from aggregator.store.writer import write_batch
 from support.app import SECRET, Core, inbound, sql, sql_write
 
 pytestmark = pytest.mark.timeout(30)
@@ -264,7 +269,7 @@ async def test_ingest_lookups_use_indexes_not_table_scans(store: Store) -> None:
         if statement.lstrip().upper().startswith("SELECT"):
             selects.append((statement, params))
 
-    writer = store._writer
+    writer = create_sqlite_writer(str(store.engine.url))
     assert writer is not None
     event.listen(writer, "before_cursor_execute", capture)
     try:
@@ -274,14 +279,43 @@ async def test_ingest_lookups_use_indexes_not_table_scans(store: Store) -> None:
             )
             for n in range(5)
         ]
-        await store.ingest_batch(batch, utcnow())
+        write_batch(writer, batch, utcnow())
+        with writer.connect() as conn:
+            for statement, params in selects:
+                plan = " | ".join(
+                    row[-1] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", params)
+                )
+                assert "SCAN" not in plan.replace("SCAN CONSTANT ROW", ""), f"{statement}\n-> {plan}"
     finally:
         event.remove(writer, "before_cursor_execute", capture)
-
+        writer.dispose()
     assert len(selects) >= 3
-    with writer.connect() as conn:
-        for statement, params in selects:
-            plan = " | ".join(
-                row[-1] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", params)
-            )
-            assert "SCAN" not in plan.replace("SCAN CONSTANT ROW", ""), f"{statement}\n-> {plan}"
+
+
+async def test_the_writer_process_writes_batches_and_is_replaced_when_it_dies(tmp_path: Path) -> None:
+    store = Store.open(
+        f"sqlite+aiosqlite:///{tmp_path / 'p.db'}", SecretBox(Fernet.generate_key()), writer_process=True
+    )
+    try:
+        await store.migrate()
+        ws = await store.create_workspace("shop")
+        account = await store.create_channel_account(ws.id, "api", "shop", {}, {})
+        await store.start_writer()
+        first = await store.ingest_batch([PreparedInbound(inbound(account, "m1"), ws.id)], utcnow())
+        assert [r.created for r in first.results] == [True]
+        assert [e.type for e in first.events] == ["conversation.created", "message.created"]
+
+        writer = store._writer
+        assert writer is not None and writer._executor is not None
+        for pid in list(writer._executor._processes):  # type: ignore[attr-defined]
+            os.kill(pid, signal.SIGKILL)
+        with pytest.raises(BrokenProcessPool):
+            await store.ingest_batch([PreparedInbound(inbound(account, "m2"), ws.id)], utcnow())
+        again = await store.ingest_batch(
+            [PreparedInbound(inbound(account, "m2"), ws.id), PreparedInbound(inbound(account, "m1"), ws.id)],
+            utcnow(),
+        )
+        assert [r.created for r in again.results] == [True, False]
+        assert again.results[1].message_id == first.results[0].message_id
+    finally:
+        await store.close()

@@ -35,6 +35,7 @@ from aggregator.model import (
     new_id,
 )
 from aggregator.store import schema as t
+from aggregator.store.schema import EncodedJSON
 from aggregator.threading import choose_conversation, status_after_inbound
 
 SEARCH_INSERT = text(
@@ -59,6 +60,8 @@ class PreparedInbound:
     workspace_id: str
     attachments: Sequence[StoredAttachment] = ()
     raw_ref: str | None = None
+    # The message's `extra`, encoded once by the pipeline (the message then travels without it).
+    extra_json: EncodedJSON | None = None
 
 
 @dataclass(slots=True)
@@ -284,7 +287,7 @@ def ingest_batch(conn: Connection, items: Sequence[PreparedInbound], now: dateti
                 "external_id": msg.external_id,
                 "raw_ref": prepared.raw_ref,
                 "flags": msg.flags.as_list(),
-                "extra": msg.extra,
+                "extra": prepared.extra_json if prepared.extra_json is not None else msg.extra,
                 "language": msg.language_hint,
                 "sent_at": msg.sent_at,
                 "created_at": now,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
@@ -40,6 +41,27 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return datetime.strptime(value, TIME_FORMAT).replace(tzinfo=UTC)
+
+
+class EncodedJSON(str):
+    """JSON text encoded ahead of time, stored as it is by a JSONText column."""
+
+
+class JSONText(TypeDecorator[Any]):
+    """JSON stored as text; accepts EncodedJSON to skip encoding (done once, before a batch is written)."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
+        if value is None:
+            return None
+        if isinstance(value, EncodedJSON):
+            return str(value)
+        return json.dumps(value)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
+        return None if value is None else json.loads(value)
 
 
 @lru_cache(maxsize=64)
@@ -242,7 +264,7 @@ messages = Table(
     Column("delivery_error", Text),
     Column("raw_ref", String(64)),
     Column("flags", JSON, nullable=False, default=list),
-    Column("extra", JSON, nullable=False, default=dict),
+    Column("extra", JSONText(), nullable=False, default=dict),
     Column("language", String(35)),
     Column("sent_at", UTCDateTime()),
     _created(),

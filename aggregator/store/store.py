@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, insert, or_, select, text, update
+from sqlalchemy import and_, func, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -28,8 +26,9 @@ from aggregator.model import (
 )
 from aggregator.secrets import SecretBox
 from aggregator.store import schema as t
-from aggregator.store.engine import WRITE_OPTION, create_engine, create_sqlite_writer, migrate
+from aggregator.store.engine import WRITE_OPTION, create_engine, migrate
 from aggregator.store.ingest_batch import BatchOutcome, PreparedInbound, ingest_batch
+from aggregator.store.writer import BatchWriter
 
 
 class NotFound(Exception):
@@ -93,23 +92,28 @@ def hash_token(token: str) -> str:
 class Store:
     """Access to the SQL record. Adapters never see it; the core calls it."""
 
-    def __init__(self, engine: AsyncEngine, secret_box: SecretBox, writer: Engine | None = None) -> None:
+    def __init__(self, engine: AsyncEngine, secret_box: SecretBox, writer: BatchWriter | None = None) -> None:
         self.engine = engine
         self.secret_box = secret_box
         self._writer = writer
-        self._writer_thread = ThreadPoolExecutor(1, "sqlite-writer") if writer is not None else None
 
     @classmethod
-    def open(cls, url: str, secret_box: SecretBox) -> Store:
-        return cls(create_engine(url), secret_box, create_sqlite_writer(url))
+    def open(cls, url: str, secret_box: SecretBox, *, writer_process: bool = False) -> Store:
+        """`writer_process`: with SQLite, write ingest batches in a process of their own (see writer.py)."""
+        writer = BatchWriter(url, process=writer_process) if url.startswith("sqlite+aiosqlite:") else None
+        return cls(create_engine(url), secret_box, writer)
+
+    async def start_writer(self) -> None:
+        """Have the ingest writer ready before the first message arrives."""
+        if self._writer is not None:
+            await self._writer.start()
 
     async def migrate(self) -> tuple[str | None, str | None]:
         return await migrate(self.engine)
 
     async def close(self) -> None:
-        if self._writer is not None and self._writer_thread is not None:
-            await asyncio.get_running_loop().run_in_executor(self._writer_thread, self._writer.dispose)
-            self._writer_thread.shutdown()
+        if self._writer is not None:
+            await self._writer.close()
         await self.engine.dispose()
 
     @asynccontextmanager
@@ -554,17 +558,7 @@ class Store:
 
     async def ingest_batch(self, items: Sequence[PreparedInbound], now: datetime) -> BatchOutcome:
         """Store a batch of inbound messages in one transaction (see ingest_batch.py)."""
-        if self._writer is None or self._writer_thread is None:
+        if self._writer is None:
             async with self.write() as conn:
                 return await conn.run_sync(ingest_batch, items, now)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._writer_thread, self._ingest_batch_sync, self._writer, items, now
-        )
-
-    @staticmethod
-    def _ingest_batch_sync(writer: Engine, items: Sequence[PreparedInbound], now: datetime) -> BatchOutcome:
-        with writer.connect() as conn:
-            conn = conn.execution_options(**{WRITE_OPTION: True})
-            with conn.begin():
-                return ingest_batch(conn, items, now)
+        return await self._writer.write(items, now)

@@ -59,6 +59,9 @@ def make_settings(tmp_path: Path, **values: Any) -> Settings:
         "data_dir": tmp_path / "data",
         "http": {"host": "127.0.0.1", "port": 0},
         "outbox": dict(FAST_OUTBOX),
+        # In-process tests write in a thread; a writer process costs a second to start. The daemon
+        # run as a subprocess (test_failures.py) keeps the default, the writer process.
+        "ingest": {"writer_process": False},
     }
     for key, value in values.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
