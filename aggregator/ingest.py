@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 EventHook = Callable[[Event], None]
 
+BATCHES_IN_FLIGHT = 2
+
 
 class IngestClosed(Exception):
     """The daemon is shutting down and takes no more messages; the source should retry later."""
@@ -127,15 +129,27 @@ class Ingestor:
         return await future
 
     async def _write_loop(self) -> None:
+        # Two batches in flight: the writer starts the next one the moment it commits this one, instead
+        # of idling while results travel back and the next batch travels out. The writer runs them one
+        # after the other, so the second sees everything the first stored (dedup stays exact).
+        slots = asyncio.Semaphore(BATCHES_IN_FLIGHT)
+        running: set[asyncio.Task[None]] = set()
         while True:
+            await slots.acquire()
             batch = [await self._queue.get()]
             while len(batch) < self.max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            try:
-                await self._commit(batch)
-            finally:
-                for _ in batch:
-                    self._queue.task_done()
+            task = asyncio.create_task(self._commit_and_release(batch, slots))
+            running.add(task)
+            task.add_done_callback(running.discard)
+
+    async def _commit_and_release(self, batch: list[_Pending], slots: asyncio.Semaphore) -> None:
+        try:
+            await self._commit(batch)
+        finally:
+            slots.release()
+            for _ in batch:
+                self._queue.task_done()
 
     async def _commit(self, batch: list[_Pending]) -> None:
         try:
