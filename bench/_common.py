@@ -105,6 +105,22 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
+def child_pids(pid: int) -> list[int]:
+    """Live children of `pid` (e.g. the daemon's writer process), from /proc."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as handle:
+                ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == pid:
+            found.append(int(entry))
+    return found
+
+
 class DaemonProcess:
     """`aggregator --config FILE serve` as a child process."""
 
@@ -155,7 +171,14 @@ class DaemonProcess:
             time.sleep(0.05)
 
     def status(self) -> dict[str, int]:
-        return proc_status(self.pid)
+        """/proc status of the daemon; VmRSS and VmHWM add its writer process's (all of its memory)."""
+        values = proc_status(self.pid)
+        for child in child_pids(self.pid):
+            with contextlib.suppress(OSError):
+                extra = proc_status(child)
+                for key in ("VmRSS", "VmHWM"):
+                    values[key] = values.get(key, 0) + extra.get(key, 0)
+        return values
 
     def metrics(self) -> dict[str, float]:
         """The daemon's Prometheus samples without labels (name -> value)."""
@@ -170,7 +193,8 @@ class DaemonProcess:
         return values
 
     def cpu_seconds(self) -> float:
-        return proc_cpu_seconds(self.pid)
+        """The daemon's CPU time, its writer process included."""
+        return proc_cpu_seconds(self.pid) + sum(proc_cpu_seconds(child) for child in child_pids(self.pid))
 
     def tail(self, chars: int = 3000) -> str:
         try:

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy import create_engine as sa_create_engine
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 WRITE_OPTION = "aggregator_write"
@@ -59,23 +58,33 @@ def create_sqlite_writer(url: str) -> Engine | None:
 
 
 def alembic_config() -> Config:
+    # Alembic is imported when a migration runs, not by every process that opens the store
+    # (it is about 10 MiB of a writer process's memory otherwise).
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     return config
 
 
 def _upgrade(connection: Connection) -> None:
+    from alembic import command
+
     config = alembic_config()
     config.attributes["connection"] = connection
     command.upgrade(config, "head")
 
 
 def _current(connection: Connection) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
     return MigrationContext.configure(connection).get_current_revision()
 
 
 async def migrate(engine: AsyncEngine) -> tuple[str | None, str | None]:
     """Bring the schema to the newest revision; returns (before, after)."""
+    from alembic.script import ScriptDirectory
+
     async with engine.begin() as conn:
         before = await conn.run_sync(_current)
         head = ScriptDirectory.from_config(alembic_config()).get_current_head()
