@@ -40,8 +40,9 @@ _process_engine: Engine | None = None
 def _init_process(url: str, parent: int) -> None:
     global _process_engine
     # Die with the daemon: after a kill -9 an orphaned writer must not linger with the database open.
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)  # Linux only
+    if prctl is not None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:
         os._exit(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
