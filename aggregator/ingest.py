@@ -85,9 +85,6 @@ class Ingestor:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
-    def forget_account(self, channel_account_id: str) -> None:
-        self._accounts.pop(channel_account_id, None)
-
     async def _account(self, channel_account_id: str) -> tuple[str, str]:
         known = self._accounts.get(channel_account_id)
         if known is None:
