@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 CHANNEL_REFRESH_SECONDS = 10.0
 SHUTDOWN_SECONDS = 30.0
+FIRST_ADMIN_EMAIL = "admin@localhost"
 
 
 def new_token() -> str:
@@ -62,7 +63,10 @@ async def bootstrap(store: Store, settings: Settings) -> Bootstrap:
     token = None
     if await store.count_tokens(workspace.id, Role.ADMIN) == 0:
         token = new_token()
-        await store.create_token(workspace.id, Role.ADMIN, token, name="first admin token")
+        user_id = await store.find_user_id(workspace.id, FIRST_ADMIN_EMAIL)
+        if user_id is None:
+            user_id = await store.create_user(workspace.id, "Administrator", FIRST_ADMIN_EMAIL, Role.ADMIN)
+        await store.create_token(workspace.id, Role.ADMIN, token, user_id=user_id, name="first admin token")
     return Bootstrap(workspace, token)
 
 
@@ -128,7 +132,14 @@ class Daemon:
         )
         await self.outbox.start()
         app = create_app(
-            self.store, self.bus, self.metrics, channels, self.settings.http.max_body_bytes, self._drain
+            self.store,
+            self.bus,
+            self.metrics,
+            channels,
+            self.settings.http.max_body_bytes,
+            self._drain,
+            attachments=self.attachments,
+            enqueue_outbox=self.outbox.enqueue,
         )
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0, handle_signals=False)
         await self._runner.setup()

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
+from aggregator.api.keys import ATTACHMENTS, BUS, CHANNELS, ENQUEUE_OUTBOX, METRICS, STORE
+from aggregator.api.v1 import build_api
+from aggregator.attachments import AttachmentStore
 from aggregator.bus import Bus, BusUnavailable
 from aggregator.channels import ChannelManager
 from aggregator.ingest import IngestClosed
@@ -15,11 +19,6 @@ from aggregator.metrics import CONTENT_TYPE, Metrics
 from aggregator.store import Store
 
 log = logging.getLogger(__name__)
-
-STORE = web.AppKey("store", Store)
-BUS = web.AppKey("bus", Bus)
-METRICS = web.AppKey("metrics", Metrics)
-CHANNELS = web.AppKey("channels", ChannelManager)
 
 
 class Drain:
@@ -127,6 +126,9 @@ def create_app(
     channels: ChannelManager,
     max_body_bytes: int,
     drain: Drain | None = None,
+    *,
+    attachments: AttachmentStore,
+    enqueue_outbox: Callable[[str], Awaitable[None]] | None = None,
 ) -> web.Application:
     # Bodies are read by the handlers themselves, each against its own limit; this bound only keeps
     # aiohttp's own buffering (request.read/json) from taking more.
@@ -136,8 +138,12 @@ def create_app(
     app[BUS] = bus
     app[METRICS] = metrics_
     app[CHANNELS] = channels
+    app[ATTACHMENTS] = attachments
+    if enqueue_outbox is not None:
+        app[ENQUEUE_OUTBOX] = enqueue_outbox
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_route("*", "/channels/{kind}/{channel_id}/{path:.*}", channel_endpoint)
+    build_api().install(app)
     return app

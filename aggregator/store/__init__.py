@@ -1,12 +1,14 @@
 """The SQL record: schema, migrations and queries."""
 
+from aggregator.store.base import Conflict, Invalid, NotFound
 from aggregator.store.ingest_batch import BatchOutcome, PreparedInbound, StoredAttachment
-from aggregator.store.store import ChannelAccount, Conflict, NotFound, OutboxItem, Store, TokenInfo, Workspace
+from aggregator.store.store import ChannelAccount, OutboxItem, Store, TokenInfo, Workspace
 
 __all__ = [
     "BatchOutcome",
     "ChannelAccount",
     "Conflict",
+    "Invalid",
     "NotFound",
     "OutboxItem",
     "PreparedInbound",

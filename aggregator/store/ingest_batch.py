@@ -77,7 +77,8 @@ class _Conversation:
     new: bool
     changed: bool = False
     reopened: bool = False
-    last_activity_at: datetime | None = None
+    added: int = 0
+    preview: str | None = None
 
 
 def ingest_batch(conn: Connection, items: Sequence[PreparedInbound], now: datetime) -> BatchOutcome:
@@ -234,11 +235,15 @@ def ingest_batch(conn: Connection, items: Sequence[PreparedInbound], now: dateti
                     "priority": Priority.NORMAL.value,
                     "labels": [],
                     "subject": msg.subject,
+                    "language": msg.language_hint,
                     "thread_ref": msg.thread.thread_ref,
                     "last_activity_at": now,
                     "last_inbound_at": now,
                     "created_at": now,
                     "updated_at": now,
+                    "message_count": 0,
+                    "inbound_count": 0,
+                    "last_message_direction": Direction.IN.value,
                 }
             )
             if msg.subject:
@@ -265,6 +270,8 @@ def ingest_batch(conn: Connection, items: Sequence[PreparedInbound], now: dateti
                 conv.status = status
                 conv.reopened = True
             conv.changed = True
+        conv.added += 1
+        conv.preview = preview(msg.text)
         latest_of_contact[(contact_id, account)] = conversation_id
         for key in (*msg.thread.keys, *msg.thread.own_keys):
             if key not in matches:
@@ -340,6 +347,10 @@ def ingest_batch(conn: Connection, items: Sequence[PreparedInbound], now: dateti
             renamed_identities,
         )
     if new_conversations:
+        for values in new_conversations:
+            conv = conversations[values["id"]]
+            values["message_count"] = values["inbound_count"] = conv.added
+            values["last_message_preview"] = conv.preview
         conn.execute(insert(t.conversations), new_conversations)
     if new_messages:
         conn.execute(insert(t.messages), new_messages)
@@ -354,7 +365,13 @@ def ingest_batch(conn: Connection, items: Sequence[PreparedInbound], now: dateti
             ],
         )
     touched = [
-        {"b_id": conv.id, "b_status": conv.status.value, "b_now": now}
+        {
+            "b_id": conv.id,
+            "b_status": conv.status.value,
+            "b_now": now,
+            "b_added": conv.added,
+            "b_preview": conv.preview,
+        }
         for conv in conversations.values()
         if conv.changed and not conv.new
     ]
@@ -373,6 +390,10 @@ def ingest_batch(conn: Connection, items: Sequence[PreparedInbound], now: dateti
                 last_activity_at=bindparam("b_now"),
                 last_inbound_at=bindparam("b_now"),
                 updated_at=bindparam("b_now"),
+                message_count=c.c.message_count + bindparam("b_added"),
+                inbound_count=c.c.inbound_count + bindparam("b_added"),
+                last_message_preview=bindparam("b_preview"),
+                last_message_direction=Direction.IN.value,
             ),
             touched,
         )
@@ -381,6 +402,14 @@ def ingest_batch(conn: Connection, items: Sequence[PreparedInbound], now: dateti
     if audit_rows:
         conn.execute(insert(t.audit_events), audit_rows)
     return BatchOutcome(results, events)
+
+
+PREVIEW_CHARS = 200
+
+
+def preview(text: str) -> str:
+    """The start of a message as the inbox list shows it: one line, at most PREVIEW_CHARS characters."""
+    return " ".join(text[: PREVIEW_CHARS * 2].split())[:PREVIEW_CHARS]
 
 
 def _lookup(

@@ -122,6 +122,7 @@ users = Table(
     Column("languages", JSON, nullable=False, default=list),
     Column("capacity", Integer, nullable=False, server_default="10"),
     _created(),
+    Column("deactivated_at", UTCDateTime()),
     UniqueConstraint("workspace_id", "email"),
 )
 
@@ -169,6 +170,7 @@ contacts = Table(
     Column("merged_into", ID, ForeignKey("contacts.id")),
     _created(),
     Column("updated_at", UTCDateTime(), nullable=False),
+    Index(None, "workspace_id", "created_at", "id"),
 )
 
 identities = Table(
@@ -198,6 +200,7 @@ channel_accounts = Table(
     Column("state_detail", Text),
     _created(),
     Column("updated_at", UTCDateTime(), nullable=False),
+    Column("deleted_at", UTCDateTime()),
     UniqueConstraint("workspace_id", "name"),
 )
 
@@ -233,8 +236,37 @@ conversations = Table(
     Column("snoozed_until", UTCDateTime()),
     _created(),
     Column("updated_at", UTCDateTime(), nullable=False),
-    Index(None, "workspace_id", "last_activity_at"),
+    # Denormalised for the inbox list: counting or joining messages per row costs 84 ms at 1M messages.
+    Column("message_count", Integer, nullable=False, server_default="0"),
+    Column("inbound_count", Integer, nullable=False, server_default="0"),
+    Column("last_message_preview", Text),
+    Column("last_message_direction", String(3)),
+    Column("sla_due_at", UTCDateTime()),
+    Index(None, "workspace_id", "last_activity_at", "id"),
+    Index(None, "workspace_id", "status", "last_activity_at", "id"),
+    Index(None, "workspace_id", "assignee_id", "last_activity_at", "id"),
+    Index(None, "workspace_id", "team_id", "last_activity_at", "id"),
+    Index(None, "status", "snoozed_until"),
     Index(None, "contact_id", "channel_account_id", "last_activity_at"),
+)
+
+conversation_labels = Table(
+    "conversation_labels",
+    metadata,
+    Column("conversation_id", ID, ForeignKey("conversations.id"), primary_key=True),
+    Column("label", String(100), primary_key=True),
+    _workspace(),
+    Index(None, "workspace_id", "label"),
+)
+
+conversation_reads = Table(
+    "conversation_reads",
+    metadata,
+    Column("conversation_id", ID, ForeignKey("conversations.id"), primary_key=True),
+    Column("user_id", ID, ForeignKey("users.id"), primary_key=True),
+    # conversations.inbound_count when the user last read it: unread = inbound_count - read_count.
+    Column("read_count", Integer, nullable=False),
+    Column("read_at", UTCDateTime(), nullable=False),
 )
 
 thread_keys = Table(
@@ -269,7 +301,7 @@ messages = Table(
     Column("sent_at", UTCDateTime()),
     _created(),
     UniqueConstraint("channel_account_id", "external_id"),
-    Index(None, "conversation_id", "created_at"),
+    Index(None, "conversation_id", "created_at", "id"),
 )
 
 attachments = Table(

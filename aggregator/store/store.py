@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, func, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from aggregator.model import (
     ConnectionState,
     DeliveryStatus,
-    Direction,
     Identity,
-    MessageKind,
     OutboxStatus,
     Role,
     new_id,
@@ -26,17 +22,13 @@ from aggregator.model import (
 )
 from aggregator.secrets import SecretBox
 from aggregator.store import schema as t
-from aggregator.store.engine import WRITE_OPTION, create_engine, migrate
+from aggregator.store.admin import AdminQueries
+from aggregator.store.base import Conflict, NotFound
+from aggregator.store.contacts import ContactQueries
+from aggregator.store.engine import create_engine, migrate
+from aggregator.store.inbox import InboxQueries
 from aggregator.store.ingest_batch import BatchOutcome, PreparedInbound, ingest_batch
 from aggregator.store.writer import BatchWriter
-
-
-class NotFound(Exception):
-    """No such record in this workspace."""
-
-
-class Conflict(Exception):
-    """The record would clash with an existing one (e.g. a name already taken)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,13 +81,8 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-class Store:
+class Store(InboxQueries, AdminQueries, ContactQueries):
     """Access to the SQL record. Adapters never see it; the core calls it."""
-
-    def __init__(self, engine: AsyncEngine, secret_box: SecretBox, writer: BatchWriter | None = None) -> None:
-        self.engine = engine
-        self.secret_box = secret_box
-        self._writer = writer
 
     @classmethod
     def open(cls, url: str, secret_box: SecretBox, *, writer_process: bool = False) -> Store:
@@ -115,19 +102,6 @@ class Store:
         if self._writer is not None:
             await self._writer.close()
         await self.engine.dispose()
-
-    @asynccontextmanager
-    async def write(self) -> AsyncIterator[AsyncConnection]:
-        """A write transaction, holding SQLite's write lock from its start."""
-        async with self.engine.connect() as conn:
-            conn = await conn.execution_options(**{WRITE_OPTION: True})
-            async with conn.begin():
-                yield conn
-
-    @asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncConnection]:
-        async with self.engine.connect() as conn:
-            yield conn
 
     async def ping(self) -> None:
         async with self.read() as conn:
@@ -199,6 +173,15 @@ class Store:
             raise Conflict(f"a user with email {email!r} exists already in this workspace") from exc
         return user_id
 
+    async def find_user_id(self, workspace_id: str, email: str) -> str | None:
+        async with self.read() as conn:
+            found: str | None = (
+                await conn.execute(
+                    select(t.users.c.id).where(t.users.c.workspace_id == workspace_id, t.users.c.email == email)
+                )
+            ).scalar_one_or_none()
+        return found
+
     async def create_token(
         self, workspace_id: str, role: Role, token: str, user_id: str | None = None, name: str = ""
     ) -> str:
@@ -240,6 +223,12 @@ class Store:
         if row is None:
             return None
         return TokenInfo(row.id, row.workspace_id, row.user_id, Role(row.role))
+
+    async def touch_token(self, token_id: str) -> None:
+        async with self.write() as conn:
+            await conn.execute(
+                update(t.api_tokens).where(t.api_tokens.c.id == token_id).values(last_used_at=utcnow())
+            )
 
     # Channel accounts
 
@@ -351,63 +340,17 @@ class Store:
         automatic: bool = False,
     ) -> tuple[str, str]:
         """Store an outgoing message and its outbox row in one transaction: (message id, outbox id)."""
-        now = utcnow()
-        message_id, outbox_id = new_id(), new_id()
-        async with self.write() as conn:
-            conv = (
-                await conn.execute(
-                    select(t.conversations.c.channel_account_id, t.conversations.c.first_response_at).where(
-                        t.conversations.c.id == conversation_id,
-                        t.conversations.c.workspace_id == workspace_id,
-                    )
-                )
-            ).first()
-            if conv is None:
-                raise NotFound(f"no conversation with id {conversation_id!r}")
-            await conn.execute(
-                insert(t.messages).values(
-                    id=message_id,
-                    workspace_id=workspace_id,
-                    conversation_id=conversation_id,
-                    channel_account_id=conv.channel_account_id,
-                    direction=Direction.OUT.value,
-                    kind=MessageKind.MESSAGE.value,
-                    sender_user_id=user_id,
-                    subject=subject,
-                    text=text_body,
-                    html=html,
-                    delivery_status=DeliveryStatus.QUEUED.value,
-                    flags=["automatic"] if automatic else [],
-                    extra={},
-                    created_at=now,
-                )
-            )
-            await conn.execute(
-                insert(t.outbox).values(
-                    id=outbox_id,
-                    workspace_id=workspace_id,
-                    message_id=message_id,
-                    channel_account_id=conv.channel_account_id,
-                    status=OutboxStatus.QUEUED.value,
-                    attempts=0,
-                    next_attempt_at=now,
-                    created_at=now,
-                    updated_at=now,
-                )
-            )
-            values: dict[str, Any] = {"last_activity_at": now, "updated_at": now}
-            if conv.first_response_at is None and not automatic:
-                values["first_response_at"] = now
-            await conn.execute(
-                update(t.conversations).where(t.conversations.c.id == conversation_id).values(**values)
-            )
-            await conn.execute(
-                text(
-                    "INSERT INTO search_index (body, workspace_id, conversation_id, ref_id, kind) "
-                    "VALUES (:body, :ws, :conv, :ref, 'message')"
-                ),
-                {"body": text_body, "ws": workspace_id, "conv": conversation_id, "ref": message_id},
-            )
+        message_id, outbox_id = await self.create_message(
+            workspace_id,
+            conversation_id,
+            text_body,
+            user_id=user_id,
+            private=False,
+            html=html,
+            subject=subject,
+            automatic=automatic,
+        )
+        assert outbox_id is not None
         return message_id, outbox_id
 
     async def claim_outbox(self, outbox_id: str, now: datetime, claim_until: datetime) -> OutboxItem | None:

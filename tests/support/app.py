@@ -204,7 +204,12 @@ class Core:
         """Serve the HTTP application on loopback; returns its base URL."""
         if self.server is None:
             app = create_app(
-                self.store, self.bus, self.metrics, self.channels, self.settings.http.max_body_bytes
+                self.store,
+                self.bus,
+                self.metrics,
+                self.channels,
+                self.settings.http.max_body_bytes,
+                attachments=self.attachments,
             )
             self.server = TestServer(app, host="127.0.0.1")
             await self.server.start_server()

@@ -1,0 +1,7 @@
+"""TODO"""
+
+from __future__ import annotations
+
+from aggregator.api.framework import Api
+
+api = Api()

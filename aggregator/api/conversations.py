@@ -1,0 +1,372 @@
+"""Conversations, their messages and notes, read marks and attachment downloads."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from datetime import UTC, datetime
+from typing import Annotated
+
+from aiohttp import hdrs, web
+from aiohttp.helpers import content_disposition_header
+from pydantic import AwareDatetime, Field, field_validator
+
+from aggregator.api.framework import (
+    ALL_ROLES,
+    STAFF,
+    Api,
+    ApiError,
+    ApiModel,
+    Call,
+    decode_cursor,
+    encode_cursor,
+    json_response,
+)
+from aggregator.api.schemas import (
+    MAX_LABELS,
+    MAX_TEXT_CHARS,
+    ConversationOut,
+    ConversationPage,
+    Label,
+    MessageOut,
+    MessagePage,
+)
+from aggregator.bus import BusUnavailable
+from aggregator.model import ConversationStatus, Event, Priority, utcnow
+from aggregator.store.inbox import ConversationChange, ConversationFilter
+from aggregator.store.schema import TIME_FORMAT
+
+log = logging.getLogger(__name__)
+
+api = Api()
+
+STATUS_PATTERN = r"^(all|(open|pending|snoozed|resolved)(,(open|pending|snoozed|resolved))*)$"
+# Served inline only when a browser cannot run anything in them; everything else downloads.
+INLINE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp", "application/pdf"})
+Id = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+async def publish(call: Call, event: Event) -> None:
+    """Live events are best effort: the record is in SQL whatever the bus does."""
+    with contextlib.suppress(BusUnavailable):
+        await call.bus.publish(event)
+
+
+def _time_cursor(at: datetime, record_id: str) -> str:
+    return encode_cursor([at.strftime(TIME_FORMAT), record_id])
+
+
+def _parse_time_cursor(cursor: str) -> tuple[datetime, str]:
+    at, record_id = decode_cursor(cursor, 2)
+    try:
+        return datetime.strptime(str(at), TIME_FORMAT).replace(tzinfo=UTC), str(record_id)
+    except ValueError:
+        raise ApiError(400, "invalid_cursor", "cursor is not one this API gave out", "cursor") from None
+
+
+class ConversationQuery(ApiModel):
+    status: str | None = Field(
+        None,
+        pattern=STATUS_PATTERN,
+        description="one status, a comma list, or `all` (default: every status but resolved)",
+    )
+    channel: str | None = Field(None, max_length=64, description="a channel account id, or a channel kind")
+    assignee: str | None = Field(None, max_length=64, description="`me`, `none`, or a user id")
+    team: str | None = Field(None, max_length=64, description="a team id")
+    label: str | None = Field(None, max_length=100)
+    language: str | None = Field(None, max_length=35)
+    priority: Priority | None = None
+    q: str | None = Field(
+        None,
+        max_length=200,
+        description="full-text search in messages and subjects; every word must match, `word*` matches a "
+        "prefix; results come newest match first and a page may hold fewer than `limit` items",
+    )
+    limit: int = Field(25, ge=1, le=100)
+    cursor: str | None = Field(None, max_length=400)
+
+
+@api.endpoint(
+    "GET",
+    "/conversations",
+    summary="The inbox: conversations, newest activity first",
+    tag="conversations",
+    roles=ALL_ROLES,
+    query=ConversationQuery,
+    response=ConversationPage,
+)
+async def list_conversations(call: Call) -> web.StreamResponse:
+    query = call.query_as(ConversationQuery)
+    statuses: tuple[str, ...] | None
+    if query.status is None:
+        statuses = tuple(s.value for s in ConversationStatus if s is not ConversationStatus.RESOLVED)
+    elif query.status == "all":
+        statuses = None
+    else:
+        statuses = tuple(dict.fromkeys(query.status.split(",")))
+    channel_ids = None
+    if query.channel is not None:
+        channel_ids = await call.store.channel_ids_of_kind(call.workspace_id, query.channel)
+        if not channel_ids:
+            return json_response(ConversationPage(items=[], next_cursor=None))
+    assignee_id = None
+    unassigned = False
+    if query.assignee == "me":
+        assignee_id = call.caller.user_id
+    elif query.assignee == "none":
+        unassigned = True
+    else:
+        assignee_id = query.assignee
+    filters = ConversationFilter(
+        statuses=statuses,
+        channel_account_ids=channel_ids,
+        assignee_id=assignee_id,
+        unassigned=unassigned,
+        team_id=query.team,
+        label=query.label,
+        language=query.language,
+        priority=query.priority.value if query.priority is not None else None,
+    )
+    next_cursor: str | None = None
+    if query.q is not None and query.q.strip():
+        before = None
+        if query.cursor is not None:
+            (value,) = decode_cursor(query.cursor, 1)
+            if not isinstance(value, int):
+                raise ApiError(400, "invalid_cursor", "cursor is not one this API gave out", "cursor")
+            before = value
+        page = await call.store.search_conversations(
+            call.workspace_id, call.caller.user_id, filters, query.q, limit=query.limit, before_rowid=before
+        )
+        if page.next_cursor is not None:
+            next_cursor = encode_cursor(list(page.next_cursor))
+    else:
+        after = _parse_time_cursor(query.cursor) if query.cursor is not None else None
+        page = await call.store.list_conversations(
+            call.workspace_id, call.caller.user_id, filters, limit=query.limit, after=after
+        )
+        if page.next_cursor is not None:
+            next_cursor = _time_cursor(*page.next_cursor)
+    return json_response(
+        ConversationPage(items=[ConversationOut.from_row(row) for row in page.rows], next_cursor=next_cursor)
+    )
+
+
+@api.endpoint(
+    "GET",
+    "/conversations/{id}",
+    summary="One conversation",
+    tag="conversations",
+    roles=ALL_ROLES,
+    response=ConversationOut,
+)
+async def get_conversation(call: Call) -> web.StreamResponse:
+    row = await call.store.get_conversation(call.workspace_id, call.caller.user_id, call.path("id"))
+    return json_response(ConversationOut.from_row(row))
+
+
+class ConversationPatch(ApiModel):
+    status: ConversationStatus | None = None
+    priority: Priority | None = None
+    assignee_id: Id | None = Field(None, description="a user id, or null to unassign")
+    team_id: Id | None = Field(None, description="a team id, or null")
+    labels: list[Label] | None = Field(None, max_length=MAX_LABELS, description="replaces the labels")
+    snooze_until: AwareDatetime | None = Field(
+        None,
+        description="snoozes the conversation until then (it reopens by itself, or on a new customer "
+        "message); null ends a snooze",
+    )
+
+    @field_validator("status", "priority", "labels")
+    @classmethod
+    def _not_null(cls, value: object) -> object:
+        if value is None:
+            raise ValueError("cannot be null")
+        return value
+
+
+@api.endpoint(
+    "PATCH",
+    "/conversations/{id}",
+    summary="Change status, priority, assignee, team, labels or snooze",
+    tag="conversations",
+    roles=STAFF,
+    body=ConversationPatch,
+    response=ConversationOut,
+)
+async def patch_conversation(call: Call) -> web.StreamResponse:
+    body = call.body_as(ConversationPatch)
+    given = set(body.model_fields_set)
+    now = utcnow()
+    if body.snooze_until is not None:
+        if "status" in given and body.status is not ConversationStatus.SNOOZED:
+            raise ApiError(
+                400,
+                "invalid_field",
+                "snooze_until: cannot be set with a status other than snoozed",
+                "snooze_until",
+            )
+        if body.snooze_until <= now:
+            raise ApiError(400, "invalid_field", "snooze_until: must be in the future", "snooze_until")
+    elif body.status is ConversationStatus.SNOOZED:
+        raise ApiError(400, "missing_field", "snooze_until: required to snooze (until when?)", "snooze_until")
+    change = ConversationChange(
+        fields=given,
+        status=body.status.value if body.status is not None else None,
+        priority=body.priority.value if body.priority is not None else None,
+        assignee_id=body.assignee_id,
+        team_id=body.team_id,
+        labels=list(body.labels) if body.labels is not None else None,
+        snooze_until=body.snooze_until.astimezone(UTC) if body.snooze_until is not None else None,
+    )
+    conversation_id = call.path("id")
+    changed = await call.store.update_conversation(
+        call.workspace_id, conversation_id, change, f"user:{call.caller.user_id}", now
+    )
+    if changed:
+        await publish(
+            call,
+            Event(
+                "conversation.updated",
+                call.workspace_id,
+                {
+                    "conversation_id": conversation_id,
+                    "changed": sorted(changed),
+                    "by": call.caller.user_id,
+                },
+                conversation_id,
+            ),
+        )
+    row = await call.store.get_conversation(call.workspace_id, call.caller.user_id, conversation_id)
+    return json_response(ConversationOut.from_row(row))
+
+
+class MessageQuery(ApiModel):
+    limit: int = Field(50, ge=1, le=100)
+    cursor: str | None = Field(None, max_length=400)
+
+
+@api.endpoint(
+    "GET",
+    "/conversations/{id}/messages",
+    summary="Messages, notes and events of a conversation: the newest page first, oldest first within it",
+    tag="conversations",
+    roles=ALL_ROLES,
+    query=MessageQuery,
+    response=MessagePage,
+)
+async def list_messages(call: Call) -> web.StreamResponse:
+    query = call.query_as(MessageQuery)
+    before = _parse_time_cursor(query.cursor) if query.cursor is not None else None
+    rows, files, cursor = await call.store.list_messages(
+        call.workspace_id, call.path("id"), limit=query.limit, before=before
+    )
+    return json_response(
+        MessagePage(
+            items=[MessageOut.from_row(row, files.get(row.id, [])) for row in rows],
+            next_cursor=_time_cursor(*cursor) if cursor is not None else None,
+        )
+    )
+
+
+class NewMessage(ApiModel):
+    text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+    private: bool = Field(False, description="true: an internal note, never sent to the customer")
+
+    @field_validator("text")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("cannot be blank")
+        return value
+
+
+@api.endpoint(
+    "POST",
+    "/conversations/{id}/messages",
+    summary="Reply to the customer (202, delivered through the outbox) or add a private note",
+    tag="conversations",
+    roles=STAFF,
+    body=NewMessage,
+    response=MessageOut,
+    status=202,
+    description="A reply answers 202 with the message in delivery_status `queued`; its delivery status "
+    "then changes on the live stream (`message.delivery`). A note (`private: true`) answers 202 too and "
+    "is never sent.",
+)
+async def post_message(call: Call) -> web.StreamResponse:
+    body = call.body_as(NewMessage)
+    conversation_id = call.path("id")
+    message_id, outbox_id = await call.store.create_message(
+        call.workspace_id, conversation_id, body.text, user_id=call.caller.user_id, private=body.private
+    )
+    if outbox_id is not None:
+        await call.enqueue_outbox(outbox_id)
+    await publish(
+        call,
+        Event(
+            "message.created",
+            call.workspace_id,
+            {
+                "conversation_id": conversation_id,
+                "message_id": message_id,
+                "direction": "out",
+                "kind": "note" if body.private else "message",
+            },
+            conversation_id,
+        ),
+    )
+    row, files = await call.store.get_message_row(call.workspace_id, message_id)
+    return json_response(MessageOut.from_row(row, files), status=202)
+
+
+@api.endpoint(
+    "POST",
+    "/conversations/{id}/read",
+    summary="Mark the conversation read for the calling user",
+    tag="conversations",
+    roles=ALL_ROLES,
+    status=204,
+)
+async def mark_read(call: Call) -> web.StreamResponse:
+    conversation_id = call.path("id")
+    await call.store.mark_read(call.workspace_id, conversation_id, call.caller.user_id, utcnow())
+    await publish(
+        call,
+        Event(
+            "conversation.read",
+            call.workspace_id,
+            {"conversation_id": conversation_id, "user_id": call.caller.user_id},
+            conversation_id,
+        ),
+    )
+    return web.Response(status=204)
+
+
+@api.endpoint(
+    "GET",
+    "/attachments/{id}",
+    summary="Download an attachment",
+    tag="conversations",
+    roles=ALL_ROLES,
+    content_type="*/*",
+    description="Served with its type, `X-Content-Type-Options: nosniff` and a sandboxing CSP; only images "
+    "and PDF are inline, everything else (HTML above all) is a download.",
+)
+async def get_attachment(call: Call) -> web.StreamResponse:
+    row = await call.store.get_attachment(call.workspace_id, call.path("id"))
+    path = call.attachments.path_for(row.sha256)
+    if not path.exists():
+        raise ApiError(
+            404, "file_missing", f"the file of attachment {row.id!r} is missing from the data directory"
+        )
+    content_type = row.content_type.split(";")[0].strip().lower() or "application/octet-stream"
+    inline = content_type in INLINE_TYPES
+    response = web.FileResponse(path)
+    response.content_type = content_type if inline else "application/octet-stream"
+    response.headers[hdrs.CONTENT_DISPOSITION] = content_disposition_header(
+        "inline" if inline else "attachment", filename=row.filename or "attachment"
+    )
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Content-Security-Policy"] = "sandbox; default-src 'none'"
+    return response

@@ -1,0 +1,23 @@
+"""Typed application state shared by the HTTP handlers."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from aggregator.attachments import AttachmentStore
+from aggregator.bus import Bus
+from aggregator.channels import ChannelManager
+from aggregator.metrics import Metrics
+from aggregator.store import Store
+
+STORE = web.AppKey("store", Store)
+BUS = web.AppKey("bus", Bus)
+METRICS = web.AppKey("metrics", Metrics)
+CHANNELS = web.AppKey("channels", ChannelManager)
+ATTACHMENTS = web.AppKey("attachments", AttachmentStore)
+# Hands a new outbox row to the outbox workers at once (the sweeper finds it from SQL otherwise).
+ENQUEUE_OUTBOX: web.AppKey[Callable[[str], Awaitable[None]]] = web.AppKey("enqueue_outbox")
+
+PREFIX = "/api/v1"

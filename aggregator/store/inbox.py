@@ -1,0 +1,615 @@
+"""The inbox: conversation lists, conversation changes, messages, notes and read marks."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    delete,
+    exists,
+    insert,
+    literal,
+    select,
+    text,
+    tuple_,
+    update,
+)
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from aggregator.model import (
+    ConversationStatus,
+    DeliveryStatus,
+    Direction,
+    MessageKind,
+    OutboxStatus,
+    new_id,
+    utcnow,
+)
+from aggregator.store import schema as t
+from aggregator.store.base import Invalid, NotFound, StoreBase
+from aggregator.store.ingest_batch import SEARCH_INSERT, preview
+
+# Search: matches are read newest first in chunks of this many, and at most this many chunks a page,
+# so a common word costs a bounded amount per page (a page may then hold fewer than `limit` items).
+SEARCH_CHUNK = 500
+SEARCH_CHUNKS_PER_PAGE = 20
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationFilter:
+    """What GET /conversations may filter on; None means no filter."""
+
+    statuses: tuple[str, ...] | None = None
+    channel_account_ids: tuple[str, ...] | None = None
+    assignee_id: str | None = None
+    unassigned: bool = False
+    team_id: str | None = None
+    label: str | None = None
+    language: str | None = None
+    priority: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationPage:
+    rows: list[Row[Any]]
+    next_cursor: tuple[Any, ...] | None
+
+
+@dataclass(slots=True)
+class ConversationChange:
+    """The fields a PATCH sets; `fields` lists which ones were given (None clears)."""
+
+    fields: set[str] = field(default_factory=set)
+    status: str | None = None
+    priority: str | None = None
+    assignee_id: str | None = None
+    team_id: str | None = None
+    labels: list[str] | None = None
+    snooze_until: datetime | None = None
+
+
+_WORD = re.compile(r"[\w*]+", re.UNICODE)
+
+
+def fts_query(q: str) -> str | None:
+    """A user's search words as an FTS5 query: every word must match, `word*` matches a prefix."""
+    terms = []
+    for word in _WORD.findall(q):
+        prefix = word.endswith("*")
+        core = word.strip("*")
+        if core:
+            terms.append(f'"{core}"' + ("*" if prefix else ""))
+    return " ".join(terms) if terms else None
+
+
+def _conversation_columns() -> list[Any]:
+    c, co, ca = t.conversations, t.contacts, t.channel_accounts
+    return [
+        *c.c,
+        co.c.name.label("contact_name"),
+        co.c.email.label("contact_email"),
+        ca.c.kind.label("channel_kind"),
+        ca.c.name.label("channel_name"),
+    ]
+
+
+def _with_user(query: Select[Any], user_id: str) -> Select[Any]:
+    c, co, ca, r = t.conversations, t.contacts, t.channel_accounts, t.conversation_reads
+    return (
+        query.add_columns(r.c.read_count)
+        .join(co, co.c.id == c.c.contact_id)
+        .join(ca, ca.c.id == c.c.channel_account_id)
+        .outerjoin(r, and_(r.c.conversation_id == c.c.id, r.c.user_id == user_id))
+    )
+
+
+def _filters(workspace_id: str, f: ConversationFilter) -> list[ColumnElement[bool]]:
+    c = t.conversations
+    where: list[ColumnElement[bool]] = [c.c.workspace_id == workspace_id]
+    if f.statuses is not None:
+        where.append(c.c.status == f.statuses[0] if len(f.statuses) == 1 else c.c.status.in_(f.statuses))
+    if f.channel_account_ids is not None:
+        where.append(c.c.channel_account_id.in_(f.channel_account_ids))
+    if f.unassigned:
+        where.append(c.c.assignee_id.is_(None))
+    elif f.assignee_id is not None:
+        where.append(c.c.assignee_id == f.assignee_id)
+    if f.team_id is not None:
+        where.append(c.c.team_id == f.team_id)
+    if f.language is not None:
+        where.append(c.c.language == f.language)
+    if f.priority is not None:
+        where.append(c.c.priority == f.priority)
+    if f.label is not None:
+        cl = t.conversation_labels
+        where.append(exists().where(cl.c.conversation_id == c.c.id, cl.c.label == f.label))
+    return where
+
+
+def _index_for(f: ConversationFilter) -> str:
+    """The index that serves this filter in activity order, so a page reads about `limit` rows.
+
+    SQLite's planner, without statistics, may pick an index that matches the filter but then sorts
+    every match; naming the index keeps the list a range scan that stops at the page's end.
+    """
+    if f.unassigned or f.assignee_id is not None:
+        return "ix_conversations_workspace_id_assignee_id_last_activity_at_id"
+    if f.team_id is not None:
+        return "ix_conversations_workspace_id_team_id_last_activity_at_id"
+    if f.statuses is not None and len(f.statuses) == 1:
+        return "ix_conversations_workspace_id_status_last_activity_at_id"
+    return "ix_conversations_workspace_id_last_activity_at_id"
+
+
+class InboxQueries(StoreBase):
+    async def list_conversations(
+        self,
+        workspace_id: str,
+        user_id: str,
+        f: ConversationFilter,
+        *,
+        limit: int,
+        after: tuple[datetime, str] | None = None,
+    ) -> ConversationPage:
+        """Newest activity first; `after` is the (last_activity_at, id) the previous page ended on."""
+        c = t.conversations
+        query = select(*_conversation_columns()).select_from(c)
+        query = _with_user(query, user_id).where(*_filters(workspace_id, f))
+        if after is not None:
+            query = query.where(
+                tuple_(c.c.last_activity_at, c.c.id)
+                < tuple_(literal(after[0], t.UTCDateTime()), literal(after[1]))
+            )
+        query = (
+            query.with_hint(c, f"INDEXED BY {_index_for(f)}", "sqlite")
+            .order_by(c.c.last_activity_at.desc(), c.c.id.desc())
+            .limit(limit + 1)
+        )
+        async with self.read() as conn:
+            rows = list((await conn.execute(query)).all())
+        more = len(rows) > limit
+        rows = rows[:limit]
+        cursor = (rows[-1].last_activity_at, rows[-1].id) if more else None
+        return ConversationPage(rows, cursor)
+
+    async def search_conversations(
+        self,
+        workspace_id: str,
+        user_id: str,
+        f: ConversationFilter,
+        q: str,
+        *,
+        limit: int,
+        before_rowid: int | None = None,
+    ) -> ConversationPage:
+        """Conversations whose messages or subject match `q`, by their newest match first.
+
+        Matches are read newest first (FTS5 reads rowid order without ranking: ranking a word that
+        matches 100k messages costs over 100 ms); a conversation is listed once, where its newest match
+        falls. The cursor is the rowid where the page stopped reading.
+        """
+        match = fts_query(q)
+        if match is None:
+            return ConversationPage([], None)
+        c = t.conversations
+        found: list[Row[Any]] = []
+        seen: set[str] = set()
+        position = before_rowid
+        exhausted = False
+        async with self.read() as conn:
+            for _ in range(SEARCH_CHUNKS_PER_PAGE):
+                params: dict[str, Any] = {"q": match, "ws": workspace_id, "n": SEARCH_CHUNK}
+                bound = ""
+                if position is not None:
+                    bound = "AND rowid < :before "
+                    params["before"] = position
+                chunk = (
+                    await conn.execute(
+                        text(
+                            "SELECT rowid, conversation_id FROM search_index WHERE search_index MATCH :q "
+                            "AND workspace_id = :ws AND conversation_id IS NOT NULL "
+                            f"{bound}ORDER BY rowid DESC LIMIT :n"
+                        ),
+                        params,
+                    )
+                ).all()
+                if not chunk:
+                    exhausted = True
+                    break
+                ordered: list[str] = []
+                for _rowid, conversation_id in chunk:
+                    if conversation_id not in seen:
+                        seen.add(conversation_id)
+                        ordered.append(conversation_id)
+                position = int(chunk[-1][0])
+                if ordered and before_rowid is not None:
+                    # Listed on an earlier page already: it has a newer match than where this page began.
+                    earlier = await conn.execute(
+                        text(
+                            "SELECT DISTINCT conversation_id FROM search_index WHERE search_index MATCH :q "
+                            "AND rowid >= :start AND workspace_id = :ws"
+                        ),
+                        {"q": match, "start": before_rowid, "ws": workspace_id},
+                    )
+                    shown = {row[0] for row in earlier}
+                    ordered = [cid for cid in ordered if cid not in shown]
+                if ordered:
+                    query = _with_user(select(*_conversation_columns()).select_from(c), user_id).where(
+                        *_filters(workspace_id, f), c.c.id.in_(ordered)
+                    )
+                    by_id = {row.id: row for row in (await conn.execute(query)).all()}
+                    for conversation_id in ordered:
+                        row = by_id.get(conversation_id)
+                        if row is not None:
+                            found.append(row)
+                            if len(found) == limit:
+                                break
+                if len(found) >= limit:
+                    # Continue right after the last conversation listed, not after the whole chunk.
+                    last = found[-1].id
+                    for rowid, conversation_id in chunk:
+                        if conversation_id == last:
+                            position = int(rowid)
+                            break
+                    break
+                if len(chunk) < SEARCH_CHUNK:
+                    exhausted = True
+                    break
+        return ConversationPage(found, None if exhausted else (position,))
+
+    async def get_conversation(self, workspace_id: str, user_id: str, conversation_id: str) -> Any:
+        c = t.conversations
+        query = _with_user(select(*_conversation_columns()).select_from(c), user_id).where(
+            c.c.id == conversation_id, c.c.workspace_id == workspace_id
+        )
+        async with self.read() as conn:
+            row = (await conn.execute(query)).first()
+        if row is None:
+            raise NotFound(f"no conversation with id {conversation_id!r}")
+        return row
+
+    async def _check_member(
+        self, conn: AsyncConnection, table: Any, workspace_id: str, record_id: str, field_name: str, what: str
+    ) -> None:
+        query = select(table.c.id).where(table.c.id == record_id, table.c.workspace_id == workspace_id)
+        if table is t.users:
+            query = query.where(table.c.deactivated_at.is_(None))
+        if (await conn.execute(query)).first() is None:
+            raise Invalid(field_name, f"no {what} with id {record_id!r} in this workspace")
+
+    async def update_conversation(
+        self, workspace_id: str, conversation_id: str, change: ConversationChange, actor: str, now: datetime
+    ) -> dict[str, Any]:
+        """Apply the change in one transaction with its audit events; returns {field: new value} changed."""
+        c = t.conversations
+        async with self.write() as conn:
+            current = (
+                await conn.execute(
+                    select(c).where(c.c.id == conversation_id, c.c.workspace_id == workspace_id)
+                )
+            ).first()
+            if current is None:
+                raise NotFound(f"no conversation with id {conversation_id!r}")
+            values: dict[str, Any] = {}
+            if "assignee_id" in change.fields and change.assignee_id is not None:
+                await self._check_member(
+                    conn, t.users, workspace_id, change.assignee_id, "assignee_id", "user"
+                )
+            if "team_id" in change.fields and change.team_id is not None:
+                await self._check_member(conn, t.teams, workspace_id, change.team_id, "team_id", "team")
+            for name in ("priority", "assignee_id", "team_id"):
+                if name in change.fields and getattr(change, name) != getattr(current, name):
+                    values[name] = getattr(change, name)
+            status = change.status if "status" in change.fields else None
+            if "snooze_until" in change.fields:
+                if change.snooze_until is None:
+                    if current.status == ConversationStatus.SNOOZED.value and status is None:
+                        status = ConversationStatus.OPEN.value
+                else:
+                    status = ConversationStatus.SNOOZED.value
+                    values["snoozed_until"] = change.snooze_until
+            if status is not None and status != current.status:
+                values["status"] = status
+                if status == ConversationStatus.RESOLVED.value:
+                    values["resolved_at"] = now
+                else:
+                    values["resolved_at"] = None
+                if status != ConversationStatus.SNOOZED.value:
+                    values["snoozed_until"] = None
+            changed: dict[str, Any] = {}
+            if values:
+                values["updated_at"] = now
+                await conn.execute(update(c).where(c.c.id == conversation_id).values(**values))
+                changed = {k: v for k, v in values.items() if k not in ("updated_at", "resolved_at")}
+            if change.labels is not None:
+                cl = t.conversation_labels
+                old = set(
+                    (
+                        await conn.execute(select(cl.c.label).where(cl.c.conversation_id == conversation_id))
+                    ).scalars()
+                )
+                new = set(change.labels)
+                if old != new:
+                    await conn.execute(delete(cl).where(cl.c.conversation_id == conversation_id))
+                    if new:
+                        await conn.execute(
+                            insert(cl),
+                            [
+                                {
+                                    "conversation_id": conversation_id,
+                                    "label": label,
+                                    "workspace_id": workspace_id,
+                                }
+                                for label in sorted(new)
+                            ],
+                        )
+                    await conn.execute(
+                        update(c).where(c.c.id == conversation_id).values(labels=sorted(new), updated_at=now)
+                    )
+                    changed["labels"] = sorted(new)
+            if changed:
+                await conn.execute(
+                    insert(t.audit_events).values(
+                        id=new_id(),
+                        workspace_id=workspace_id,
+                        conversation_id=conversation_id,
+                        actor=actor,
+                        type="conversation.updated",
+                        data={k: v.isoformat() if isinstance(v, datetime) else v for k, v in changed.items()},
+                        created_at=now,
+                    )
+                )
+        return changed
+
+    async def wake_snoozed(self, now: datetime, limit: int = 500) -> list[tuple[str, str]]:
+        """Reopen conversations whose snooze has run out: (workspace id, conversation id) of each."""
+        c = t.conversations
+        async with self.write() as conn:
+            due = (
+                await conn.execute(
+                    select(c.c.id, c.c.workspace_id)
+                    .where(c.c.status == ConversationStatus.SNOOZED.value, c.c.snoozed_until <= now)
+                    .limit(limit)
+                )
+            ).all()
+            if not due:
+                return []
+            ids = [row.id for row in due]
+            await conn.execute(
+                update(c)
+                .where(c.c.id.in_(ids))
+                .values(status=ConversationStatus.OPEN.value, snoozed_until=None, updated_at=now)
+            )
+            await conn.execute(
+                insert(t.audit_events),
+                [
+                    {
+                        "id": new_id(),
+                        "workspace_id": row.workspace_id,
+                        "conversation_id": row.id,
+                        "actor": "system",
+                        "type": "conversation.snooze_ended",
+                        "data": {},
+                        "created_at": now,
+                    }
+                    for row in due
+                ],
+            )
+        return [(row.workspace_id, row.id) for row in due]
+
+    async def mark_read(self, workspace_id: str, conversation_id: str, user_id: str, now: datetime) -> None:
+        c, r = t.conversations, t.conversation_reads
+        async with self.write() as conn:
+            count = (
+                await conn.execute(
+                    select(c.c.inbound_count).where(
+                        c.c.id == conversation_id, c.c.workspace_id == workspace_id
+                    )
+                )
+            ).scalar_one_or_none()
+            if count is None:
+                raise NotFound(f"no conversation with id {conversation_id!r}")
+            updated = await conn.execute(
+                update(r)
+                .where(r.c.conversation_id == conversation_id, r.c.user_id == user_id)
+                .values(read_count=count, read_at=now)
+            )
+            if updated.rowcount == 0:
+                await conn.execute(
+                    insert(r).values(
+                        conversation_id=conversation_id, user_id=user_id, read_count=count, read_at=now
+                    )
+                )
+
+    # Messages
+
+    async def list_messages(
+        self, workspace_id: str, conversation_id: str, *, limit: int, before: tuple[datetime, str] | None
+    ) -> tuple[list[Any], dict[str, list[Any]], tuple[datetime, str] | None]:
+        """The newest `limit` messages before `before`, oldest first; with their attachments by message."""
+        m, a, co, u = t.messages, t.attachments, t.contacts, t.users
+        async with self.read() as conn:
+            exists_row = (
+                await conn.execute(
+                    select(t.conversations.c.id).where(
+                        t.conversations.c.id == conversation_id,
+                        t.conversations.c.workspace_id == workspace_id,
+                    )
+                )
+            ).first()
+            if exists_row is None:
+                raise NotFound(f"no conversation with id {conversation_id!r}")
+            query = (
+                select(
+                    *m.c,
+                    co.c.name.label("contact_name"),
+                    u.c.name.label("user_name"),
+                )
+                .outerjoin(co, co.c.id == m.c.sender_contact_id)
+                .outerjoin(u, u.c.id == m.c.sender_user_id)
+                .where(m.c.conversation_id == conversation_id)
+            )
+            if before is not None:
+                query = query.where(
+                    tuple_(m.c.created_at, m.c.id)
+                    < tuple_(literal(before[0], t.UTCDateTime()), literal(before[1]))
+                )
+            rows = list(
+                (
+                    await conn.execute(query.order_by(m.c.created_at.desc(), m.c.id.desc()).limit(limit + 1))
+                ).all()
+            )
+            more = len(rows) > limit
+            rows = rows[:limit]
+            attachments: dict[str, list[Any]] = {}
+            if rows:
+                for row in (
+                    await conn.execute(
+                        select(a).where(a.c.message_id.in_([r.id for r in rows])).order_by(a.c.id)
+                    )
+                ).all():
+                    attachments.setdefault(row.message_id, []).append(row)
+        cursor = (rows[-1].created_at, rows[-1].id) if more else None
+        rows.reverse()
+        return rows, attachments, cursor
+
+    async def get_message_row(self, workspace_id: str, message_id: str) -> tuple[Any, list[Any]]:
+        m, a, co, u = t.messages, t.attachments, t.contacts, t.users
+        async with self.read() as conn:
+            row = (
+                await conn.execute(
+                    select(*m.c, co.c.name.label("contact_name"), u.c.name.label("user_name"))
+                    .outerjoin(co, co.c.id == m.c.sender_contact_id)
+                    .outerjoin(u, u.c.id == m.c.sender_user_id)
+                    .where(m.c.id == message_id, m.c.workspace_id == workspace_id)
+                )
+            ).first()
+            if row is None:
+                raise NotFound(f"no message with id {message_id!r}")
+            files = list((await conn.execute(select(a).where(a.c.message_id == message_id))).all())
+        return row, files
+
+    async def create_message(
+        self,
+        workspace_id: str,
+        conversation_id: str,
+        text_body: str,
+        *,
+        user_id: str | None,
+        private: bool,
+        html: str | None = None,
+        subject: str | None = None,
+        automatic: bool = False,
+        now: datetime | None = None,
+    ) -> tuple[str, str | None]:
+        """A reply (message + outbox row) or a private note, in one transaction: (message id, outbox id)."""
+        now = now or utcnow()
+        message_id = new_id()
+        outbox_id = None if private else new_id()
+        c = t.conversations
+        async with self.write() as conn:
+            conv = (
+                await conn.execute(
+                    select(c.c.channel_account_id, c.c.first_response_at).where(
+                        c.c.id == conversation_id, c.c.workspace_id == workspace_id
+                    )
+                )
+            ).first()
+            if conv is None:
+                raise NotFound(f"no conversation with id {conversation_id!r}")
+            await conn.execute(
+                insert(t.messages).values(
+                    id=message_id,
+                    workspace_id=workspace_id,
+                    conversation_id=conversation_id,
+                    channel_account_id=conv.channel_account_id,
+                    direction=Direction.OUT.value,
+                    kind=(MessageKind.NOTE if private else MessageKind.MESSAGE).value,
+                    sender_user_id=user_id,
+                    subject=subject,
+                    text=text_body,
+                    html=html,
+                    delivery_status=None if private else DeliveryStatus.QUEUED.value,
+                    flags=["automatic"] if automatic else [],
+                    extra={},
+                    created_at=now,
+                )
+            )
+            values: dict[str, Any] = {"last_activity_at": now, "updated_at": now}
+            if outbox_id is not None:
+                await conn.execute(
+                    insert(t.outbox).values(
+                        id=outbox_id,
+                        workspace_id=workspace_id,
+                        message_id=message_id,
+                        channel_account_id=conv.channel_account_id,
+                        status=OutboxStatus.QUEUED.value,
+                        attempts=0,
+                        next_attempt_at=now,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+                if conv.first_response_at is None and not automatic:
+                    values["first_response_at"] = now
+                values |= {
+                    "message_count": c.c.message_count + 1,
+                    "last_message_preview": preview(text_body),
+                    "last_message_direction": Direction.OUT.value,
+                }
+            await conn.execute(update(c).where(c.c.id == conversation_id).values(**values))
+            await conn.execute(
+                SEARCH_INSERT,
+                {
+                    "body": text_body,
+                    "workspace_id": workspace_id,
+                    "conversation_id": conversation_id,
+                    "ref_id": message_id,
+                    "kind": "note" if private else "message",
+                },
+            )
+        return message_id, outbox_id
+
+    async def get_attachment(self, workspace_id: str, attachment_id: str) -> Any:
+        a = t.attachments
+        async with self.read() as conn:
+            row = (
+                await conn.execute(select(a).where(a.c.id == attachment_id, a.c.workspace_id == workspace_id))
+            ).first()
+        if row is None:
+            raise NotFound(f"no attachment with id {attachment_id!r}")
+        return row
+
+    async def channel_ids_of_kind(self, workspace_id: str, kind_or_id: str) -> tuple[str, ...]:
+        """Channel account ids matching an id or a kind in this workspace (the `channel` filter)."""
+        ca = t.channel_accounts
+        async with self.read() as conn:
+            rows = (
+                await conn.execute(
+                    select(ca.c.id).where(
+                        ca.c.workspace_id == workspace_id, (ca.c.id == kind_or_id) | (ca.c.kind == kind_or_id)
+                    )
+                )
+            ).scalars()
+            return tuple(rows)
+
+
+def unread(row: Any) -> int:
+    return max(0, int(row.inbound_count) - int(row.read_count or 0))
+
+
+__all__: Sequence[str] = [
+    "ConversationChange",
+    "ConversationFilter",
+    "ConversationPage",
+    "InboxQueries",
+    "fts_query",
+]
