@@ -290,6 +290,11 @@ class Authenticator:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def close(self, _app: web.Application | None = None) -> None:
+        """Let the last-use writes in flight finish before the store closes."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
     async def _write_touch(self, token_id: str) -> None:
         try:
             await self.store.touch_token(token_id)
@@ -356,7 +361,8 @@ class Api:
 
     def install(self, app: web.Application) -> None:
         """Add the routes; the app must carry STORE (and what the handlers use: BUS, CHANNELS ...)."""
-        app[AUTH] = Authenticator(app[STORE])
+        app[AUTH] = auth = Authenticator(app[STORE])
+        app.on_cleanup.append(auth.close)
         app[API] = self
         for endpoint in self.endpoints:
             app.router.add_route(endpoint.method, endpoint.full_path, _wrap(endpoint))
