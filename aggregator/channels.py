@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import logging
 from collections.abc import Callable
 from datetime import datetime
@@ -31,6 +33,12 @@ class _Checkpoints:
 
     async def set(self, key: str, value: Any) -> None:
         await self._store.set_checkpoint(self._account_id, key, value)
+
+
+def _version(account: ChannelAccount) -> str:
+    """A digest of what an adapter is built from; secrets enter only hashed, never kept in clear."""
+    built = [account.kind, account.name, account.workspace_id, account.config, account.secrets]
+    return hashlib.sha256(json.dumps(built, sort_keys=True, default=str).encode()).hexdigest()
 
 
 class ChannelManager:
@@ -63,6 +71,8 @@ class ChannelManager:
         self._leases: dict[str, float] = {}
         self._lock = asyncio.Lock()
         self._lease_task: asyncio.Task[None] | None = None
+        # What each running adapter was built from (a digest), to restart it when the record changes.
+        self._versions: dict[str, str] = {}
 
     def build(self, account: ChannelAccount) -> ChannelAdapter[Any]:
         """An adapter for the account (not started); raises ConfigInvalid or UnknownChannelKind."""
@@ -93,44 +103,96 @@ class ChannelManager:
 
     async def start_all(self) -> None:
         for account in await self.store.list_channel_accounts(enabled_only=True):
-            await self._start(account)
+            async with self._lock:
+                await self._start(account)
         self._lease_task = asyncio.create_task(self._renew_leases(), name="channel-leases")
 
     async def refresh(self) -> None:
-        """Start accounts added or enabled since the last look (e.g. by the CLI)."""
-        for account in await self.store.list_channel_accounts(enabled_only=True):
-            if account.id not in self.adapters:
-                await self._start(account)
+        """Catch up with changes made elsewhere (the CLI, another process): start, restart or stop."""
+        # One pass under the lock: a change applied meanwhile by this process (apply()) is then either
+        # seen by this pass or applied after it, never overwritten by a stale read.
+        async with self._lock:
+            accounts = await self.store.list_channel_accounts(enabled_only=True)
+            wanted = {account.id for account in accounts}
+            for account_id in [a for a in self.adapters if a not in wanted]:
+                await self._stop_one(account_id, release=True)
+            for account in accounts:
+                await self._apply(account)
+
+    async def apply(self, account_id: str) -> ChannelAdapter[Any] | None:
+        """Start, restart (settings changed) or stop (disabled, deleted) the account's adapter, at once."""
+        async with self._lock:
+            return await self._apply(await self._load(account_id))
+
+    async def start_account(self, account_id: str) -> ChannelAdapter[Any] | None:
+        """Start the account's adapter unless it runs already; None when disabled or not started."""
+        async with self._lock:
+            account = await self._load(account_id)
+            if account is None or not account.enabled:
+                return None
+            return await self._start(account)
+
+    async def restart_account(self, account_id: str) -> ChannelAdapter[Any] | None:
+        """Stop the account's adapter and start it again from the stored record (unless disabled)."""
+        async with self._lock:
+            account = await self._load(account_id)
+            await self._stop_one(account_id, release=account is None or not account.enabled)
+            if account is None or not account.enabled:
+                return None
+            return await self._start(account)
+
+    async def stop_account(self, account_id: str) -> None:
+        """Stop the account's adapter here and give up its lease (e.g. it was disabled or deleted)."""
+        async with self._lock:
+            await self._stop_one(account_id, release=True)
+
+    async def _load(self, account_id: str) -> ChannelAccount | None:
+        try:
+            return await self.store.get_channel_account(account_id)
+        except NotFound:
+            return None
+
+    async def _apply(self, account: ChannelAccount | None) -> ChannelAdapter[Any] | None:
+        """With the lock held: start, restart or stop as the account's record says."""
+        if account is None:
+            return None
+        if not account.enabled:
+            await self._stop_one(account.id, release=True)
+            return None
+        running = self.adapters.get(account.id)
+        if running is not None and self._versions.get(account.id) == _version(account):
+            return running
+        if running is not None:
+            log.info("channel %s (%s, %s) changed: restarting", account.name, account.kind, account.id)
+            # The lease is kept: no other process should take the account over during a restart.
+            await self._stop_one(account.id, release=False)
+        return await self._start(account)
 
     async def _start(self, account: ChannelAccount) -> ChannelAdapter[Any] | None:
-        async with self._lock:
-            if account.id in self.adapters:
-                return self.adapters[account.id]
-            try:
-                adapter = self.build(account)
-                if adapter.exclusive and not await self._take_lease(account.id):
-                    return None
-                await adapter.start()
-            except Exception as exc:
-                log.error("channel %s (%s, %s) not started: %s", account.name, account.kind, account.id, exc)
-                await self.store.set_channel_state(account.id, ConnectionState.UNKNOWN_ERROR, str(exc))
+        """With the lock held: build and start the account's adapter unless it runs already."""
+        if account.id in self.adapters:
+            return self.adapters[account.id]
+        try:
+            adapter = self.build(account)
+            if adapter.exclusive and not await self._take_lease(account.id):
                 return None
-            self.adapters[account.id] = adapter
-            log.info("channel %s (%s, %s) started", account.name, account.kind, account.id)
-            return adapter
+            await adapter.start()
+        except Exception as exc:
+            log.error("channel %s (%s, %s) not started: %s", account.name, account.kind, account.id, exc)
+            await self.store.set_channel_state(account.id, ConnectionState.UNKNOWN_ERROR, str(exc))
+            return None
+        self.adapters[account.id] = adapter
+        self._versions[account.id] = _version(account)
+        log.info("channel %s (%s, %s) started", account.name, account.kind, account.id)
+        return adapter
 
     async def get(self, account_id: str) -> ChannelAdapter[Any] | None:
         """The running adapter, starting it first when the account exists but is not running yet."""
         adapter = self.adapters.get(account_id)
         if adapter is not None:
             return adapter
-        try:
-            account = await self.store.get_channel_account(account_id)
-        except NotFound:
-            return None
-        if not account.enabled:
-            return None
-        return await self._start(account)
+        # Read under the lock: a record read before a concurrent stop must not start the adapter again.
+        return await self.start_account(account_id)
 
     def running(self, account_id: str) -> ChannelAdapter[Any] | None:
         return self.adapters.get(account_id)
@@ -172,16 +234,22 @@ class ChannelManager:
                     log.warning(
                         "channel %s: lease lost; stopping here so that one process polls it", account_id
                     )
-                    await self._stop_one(account_id)
+                    async with self._lock:
+                        await self._stop_one(account_id)
 
-    async def _stop_one(self, account_id: str) -> None:
-        self._leases.pop(account_id, None)
+    async def _stop_one(self, account_id: str, *, release: bool = False) -> None:
+        held = self._leases.pop(account_id, None) is not None
+        self._versions.pop(account_id, None)
         adapter = self.adapters.pop(account_id, None)
         if adapter is not None:
             try:
                 await adapter.stop()
             except Exception:
                 log.exception("channel %s did not stop cleanly", account_id)
+            log.info("channel %s stopped", account_id)
+        if release and held:
+            with contextlib.suppress(BusUnavailable):
+                await self.bus.release_lease(self._lease_name(account_id), self.node_id)
 
     async def stop_all(self) -> None:
         if self._lease_task is not None:
@@ -193,6 +261,7 @@ class ChannelManager:
         self._leases.clear()
         adapters = list(self.adapters.values())
         self.adapters.clear()
+        self._versions.clear()
         results = await asyncio.gather(*(a.stop() for a in adapters), return_exceptions=True)
         for adapter, result in zip(adapters, results, strict=True):
             if isinstance(result, BaseException):

@@ -15,16 +15,21 @@ import aiohttp
 from aggregator.bus import create_bus
 from aggregator.channels import ChannelManager
 from aggregator.config import ConfigError, Settings, load_settings
-from aggregator.daemon import Daemon, bootstrap, new_token, open_store
+from aggregator.daemon import Daemon, bootstrap, open_store
 from aggregator.model import Role, utcnow
 from aggregator.secrets import SecretKeyError
-from aggregator.store import Conflict, NotFound, Store
+from aggregator.store import Conflict, Invalid, NotFound, Store
+from aggregator.store.admin import UserRecord
+from aggregator.tokens import hash_token, new_token
 from channels.base import ConfigInvalid, Registry, UnknownChannelKind
 
 EXAMPLES = """\
 examples:
   aggregator serve                                  start the daemon (config: ./aggregator.toml if present)
-  aggregator token create --role agent              print a new agent token for the default workspace
+  aggregator token create --user ada@shop.example   print a new token acting as that user, with its role
+  aggregator token create --role agent              for scripts: a token of the shared 'agent token' user
+  aggregator token list
+  aggregator token revoke TOKEN_ID
   aggregator channel add api --name shop --set secret=... --set callback_url=https://shop.example/hook
   aggregator channel list
   aggregator channel check CHANNEL_ID
@@ -74,10 +79,28 @@ def _parser() -> argparse.ArgumentParser:
     token = commands.add_parser("token", help="manage API tokens").add_subparsers(
         dest="action", metavar="ACTION", required=True
     )
-    token_create = token.add_parser("create", help="create an API token; prints only the token")
-    token_create.add_argument("--role", choices=[r.value for r in Role], required=True)
+    token_create = token.add_parser(
+        "create",
+        help="create an API token bound to a user; prints only the token",
+        description="Create an API token that acts as a user, with that user's role (a later change of "
+        "the user's role applies to its tokens). Prints only the token; it is stored hashed.",
+    )
+    who = token_create.add_mutually_exclusive_group(required=True)
+    who.add_argument(
+        "--user", metavar="EMAIL_OR_ID", help="the user the token acts as (see `aggregator user create`)"
+    )
+    who.add_argument(
+        "--role",
+        choices=[r.value for r in Role],
+        help="for scripts: a token of the user named '<role> token' (email <role>-token@localhost), "
+        "created with that role when missing and reused after",
+    )
     token_create.add_argument("--workspace", help="workspace name (default: the default workspace)")
     token_create.add_argument("--name", default="", help="a note to recognise the token by")
+    token_list = token.add_parser("list", help="list API tokens (never the tokens themselves)")
+    token_list.add_argument("--workspace", help="workspace name (default: the default workspace)")
+    token_list.add_argument("--all", action="store_true", help="revoked tokens too")
+    token.add_parser("revoke", help="revoke an API token at once").add_argument("id", help="the token's id")
 
     channel = commands.add_parser("channel", help="manage channel accounts").add_subparsers(
         dest="action", metavar="ACTION", required=True
@@ -132,6 +155,58 @@ def _parse_sets(pairs: Sequence[str]) -> dict[str, Any]:
             raise CliError(f"--set {pair!r}: expected KEY=VALUE")
         values[key.strip()] = value
     return values
+
+
+def _role_token_email(role: Role) -> str:
+    return f"{role.value}-token@localhost"
+
+
+async def _token_user(store: Store, workspace_id: str, user: str | None, role: str | None) -> UserRecord:
+    """The user a new token acts as: the one named by --user, or the --role user (made when missing)."""
+    if user is not None:
+        found = await store.find_user(workspace_id, user)
+        if found is None:
+            raise CliError(
+                f"--user {user!r}: no user with that email or id in this workspace "
+                "(create one with `aggregator user create --name N --email E --role R`)"
+            )
+    else:
+        assert role is not None
+        wanted = Role(role)
+        email = _role_token_email(wanted)
+        found = await store.find_user(workspace_id, email)
+        if found is None:
+            user_id = await store.create_user(workspace_id, f"{wanted.value} token", email, wanted)
+            found = await store.get_user(workspace_id, user_id)
+        elif found.role is not wanted:
+            raise CliError(
+                f"--role {wanted.value}: its user {email} has the {found.role.value} role now; "
+                "name a user with --user instead"
+            )
+    if found.deactivated_at is not None:
+        raise CliError(f"user {found.email} is deactivated: name an active user with --user")
+    return found
+
+
+async def _token_list(store: Store, workspace_id: str, include_revoked: bool) -> None:
+    after = None
+    shown = 0
+    while True:
+        page = await store.list_tokens(workspace_id, include_revoked=include_revoked, limit=100, after=after)
+        for token in page.items:
+            shown += 1
+            user = token.user_email or "(no user)"
+            used = f"{token.last_used_at:%Y-%m-%d %H:%M}" if token.last_used_at else "never"
+            revoked = f"  revoked {token.revoked_at:%Y-%m-%d %H:%M}" if token.revoked_at else ""
+            print(
+                f"{token.id}  {token.role.value:<6} {user:<30} {token.name!r}  "
+                f"created {token.created_at:%Y-%m-%d %H:%M}  last used {used}{revoked}"
+            )
+        if page.next_cursor is None:
+            break
+        after = page.next_cursor
+    if not shown:
+        print("no tokens: create one with `aggregator token create --user EMAIL`")
 
 
 async def _serve(settings: Settings) -> int:
@@ -225,9 +300,18 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
             )
         elif command == "token" and action == "create":
             workspace_id = await _workspace_id(store, settings, args.workspace)
+            user = await _token_user(store, workspace_id, args.user, args.role)
             token = new_token()
-            await store.create_token(workspace_id, Role(args.role), token, name=args.name)
+            await store.create_user_token(workspace_id, user.id, args.name, hash_token(token))
             print(token)
+        elif command == "token" and action == "list":
+            await _token_list(store, await _workspace_id(store, settings, args.workspace), args.all)
+        elif command == "token" and action == "revoke":
+            workspace_id = await store.token_workspace(args.id)
+            if await store.revoke_token(workspace_id, args.id, utcnow()):
+                print(f"revoked token {args.id}")
+            else:
+                print(f"token {args.id} was revoked already")
         elif command == "channel" and action == "add":
             registry = Registry()
             config = registry.parse_config(args.kind, _parse_sets(args.settings))
@@ -286,6 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         UnknownChannelKind,
         NotFound,
         Conflict,
+        Invalid,
         SecretKeyError,
     ) as exc:
         print(f"aggregator: error: {exc}", file=sys.stderr)

@@ -226,8 +226,6 @@ async def test_patch_changes_status_and_fields_and_refuses_what_it_cannot_apply(
     reopened = await inbox.agent.patch(path, {"status": "open"})
     assert reopened.body["resolved_at"] is None
 
-    _, outsider_user = await user_with_token(inbox.daemon.store, (await inbox.daemon.store.list_workspaces())[1].id,
-                                             Role.AGENT)
     for body, field in [
         ({"assignee_id": "nobody"}, "assignee_id"),
         ({"status": "closed"}, "status"),

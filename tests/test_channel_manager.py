@@ -16,6 +16,7 @@ from aggregator.channels import ChannelManager
 from aggregator.model import ConnectionState, IngestResult, OutboundMessage, SendResult, utcnow
 from aggregator.secrets import SecretBox
 from aggregator.store import Store
+from aggregator.store.admin import ChannelChange
 from channels.base import ChannelAdapter, ChannelConfig, CheckResult, Registry
 from support.redis_server import RedisServer
 
@@ -130,3 +131,56 @@ async def test_a_lost_lease_stops_the_poller(store: Store, redis_server: RedisSe
         assert manager.running(account_id) is None
         await manager.stop_all()
     await bus.close()
+
+
+async def test_apply_starts_restarts_and_stops_an_account_at_once(store: Store) -> None:
+    workspace, _ = await store.ensure_workspace("w")
+    account_id = await store.create_channel_account(workspace.id, "poller", "inbox", {"mailbox": "INBOX"}, {})
+    async with aiohttp.ClientSession() as http:
+        manager = _manager(store, InProcessBus(), http, "a")
+        first = await manager.apply(account_id)
+        assert first is not None and manager.running(account_id) is first
+        assert await manager.apply(account_id) is first  # nothing changed: not restarted
+
+        await store.update_channel(workspace.id, account_id, ChannelChange(config={"mailbox": "Support"}))
+        second = await manager.apply(account_id)
+        assert second is not None and second is not first
+        assert second.config.mailbox == "Support"  # type: ignore[attr-defined]
+
+        await store.update_channel(workspace.id, account_id, ChannelChange(enabled=False))
+        assert await manager.apply(account_id) is None
+        assert manager.running(account_id) is None
+        assert await manager.get(account_id) is None  # a disabled account is not started on demand
+        await manager.stop_all()
+
+
+async def test_refresh_follows_changes_made_elsewhere(store: Store) -> None:
+    workspace, _ = await store.ensure_workspace("w")
+    kept = await store.create_channel_account(workspace.id, "poller", "kept", {"mailbox": "A"}, {})
+    changed = await store.create_channel_account(workspace.id, "poller", "changed", {"mailbox": "B"}, {})
+    disabled = await store.create_channel_account(workspace.id, "poller", "disabled", {"mailbox": "C"}, {})
+    deleted = await store.create_channel_account(workspace.id, "poller", "deleted", {"mailbox": "D"}, {})
+    async with aiohttp.ClientSession() as http:
+        bus = InProcessBus()
+        manager = _manager(store, bus, http, "a")
+        await manager.start_all()
+        before = {account_id: manager.running(account_id) for account_id in (kept, changed)}
+
+        await store.update_channel(workspace.id, changed, ChannelChange(config={"mailbox": "B2"}))
+        await store.update_channel(workspace.id, disabled, ChannelChange(enabled=False))
+        await store.delete_channel(workspace.id, deleted, utcnow())
+        added = await store.create_channel_account(workspace.id, "poller", "added", {"mailbox": "E"}, {})
+        await manager.refresh()
+
+        assert manager.running(kept) is before[kept]  # a state report alone restarts nothing
+        restarted = manager.running(changed)
+        assert restarted is not None and restarted is not before[changed]
+        assert restarted.config.mailbox == "B2"  # type: ignore[attr-defined]
+        assert manager.running(disabled) is None and manager.running(deleted) is None
+        assert manager.running(added) is not None
+        # The leases of the stopped accounts are given up: another process may take them at once.
+        assert await bus.acquire_lease(f"channel:{disabled}", "b", 10)
+        assert await bus.acquire_lease(f"channel:{deleted}", "b", 10)
+        assert not await bus.acquire_lease(f"channel:{changed}", "b", 10)
+        await manager.stop_all()
+    assert (await store.get_channel_account(deleted)).enabled is False

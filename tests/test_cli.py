@@ -84,6 +84,66 @@ def test_token_create_prints_only_a_token_that_authenticates(cli: Cli, config: P
     assert only_line(second.out) != token
 
 
+def user_of(config: Path, token: str) -> tuple[str | None, Role | None]:
+    info, _ = authenticate(config, token)
+    return (info.user_id, info.role) if info is not None else (None, None)
+
+
+def test_token_create_for_a_user_acts_as_that_user_with_its_role(cli: Cli, config: Path) -> None:
+    user_id = only_line(
+        cli("user", "create", "--name", "Sam", "--email", "sam@shop.example", "--role", "seller").out
+    )
+
+    by_email = cli("token", "create", "--user", "sam@shop.example", "--name", "reports")
+    by_id = cli("token", "create", "--user", user_id)
+
+    assert (by_email.code, by_id.code) == (0, 0)
+    assert user_of(config, only_line(by_email.out)) == (user_id, Role.SELLER)
+    assert user_of(config, only_line(by_id.out)) == (user_id, Role.SELLER)
+
+
+def test_token_create_with_a_role_binds_it_to_one_user_per_role(cli: Cli, config: Path) -> None:
+    first = user_of(config, only_line(cli("token", "create", "--role", "agent").out))
+    second = user_of(config, only_line(cli("token", "create", "--role", "agent").out))
+    admin = user_of(config, only_line(cli("token", "create", "--role", "admin").out))
+
+    assert first[0] is not None and first == second and first[1] is Role.AGENT
+    assert admin[0] not in (None, first[0]) and admin[1] is Role.ADMIN
+
+
+def test_token_create_needs_a_known_user_or_a_role(cli: Cli) -> None:
+    unknown = cli("token", "create", "--user", "nobody@shop.example")
+    assert unknown.code == 2 and unknown.out == ""
+    assert "nobody@shop.example" in unknown.err and "user create" in unknown.err
+    with pytest.raises(SystemExit) as neither:
+        cli("token", "create")
+    assert neither.value.code == 2
+    with pytest.raises(SystemExit) as both:
+        cli("token", "create", "--user", "x@y", "--role", "agent")
+    assert both.value.code == 2
+
+
+def test_token_list_and_revoke(cli: Cli, config: Path) -> None:
+    token = only_line(cli("token", "create", "--role", "agent", "--name", "nightly export").out)
+    listed = cli("token", "list")
+    assert listed.code == 0
+    [line] = [line for line in listed.out.splitlines() if "nightly export" in line]
+    token_id = line.split()[0]
+    assert " agent " in line and "agent-token@localhost" in line and "last used never" in line
+    assert token not in listed.out
+
+    revoked = cli("token", "revoke", token_id)
+    assert (revoked.code, revoked.out.strip()) == (0, f"revoked token {token_id}")
+    assert authenticate(config, token)[0] is None
+    assert token_id not in cli("token", "list").out
+    [line] = [line for line in cli("token", "list", "--all").out.splitlines() if token_id in line]
+    assert "revoked " in line
+    assert "revoked already" in cli("token", "revoke", token_id).out
+
+    missing = cli("token", "revoke", "no-such-token")
+    assert missing.code == 2 and "no-such-token" in missing.err
+
+
 def test_channel_add_prints_only_an_id_and_list_shows_it(cli: Cli) -> None:
     added = cli(
         "channel", "add", "api", "--name", "shop", "--set", f"secret={SHOP_SECRET}",

@@ -64,11 +64,12 @@ async def test_workspaces_are_unique_by_name(store: Store) -> None:
 async def test_tokens_are_stored_hashed_and_authenticate_with_role_and_workspace(store: Store) -> None:
     ws = await store.create_workspace("shop")
     token = "agg_example-token-value"
-    token_id = await store.create_token(ws.id, Role.AGENT, token, name="laptop")
+    user_id = await store.create_user(ws.id, "Ada", "ada@example.test", Role.AGENT)
+    token_id = await store.create_token(ws.id, Role.AGENT, token, user_id=user_id, name="laptop")
 
     info = await store.authenticate(token)
     assert info is not None
-    assert (info.id, info.workspace_id, info.role) == (token_id, ws.id, Role.AGENT)
+    assert (info.id, info.workspace_id, info.user_id, info.role) == (token_id, ws.id, user_id, Role.AGENT)
     assert await store.authenticate(token + "x") is None
     stored = await sql(store, "SELECT token_hash FROM api_tokens")
     assert token not in stored[0][0]

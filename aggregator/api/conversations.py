@@ -10,6 +10,7 @@ from typing import Annotated
 from aiohttp import hdrs, web
 from aiohttp.helpers import content_disposition_header
 from pydantic import AwareDatetime, Field, field_validator
+from pydantic.json_schema import WithJsonSchema
 
 from aggregator.api.framework import (
     ALL_ROLES,
@@ -165,12 +166,27 @@ async def get_conversation(call: Call) -> web.StreamResponse:
     return json_response(ConversationOut.from_row(row))
 
 
+def _enum_schema(values: type[ConversationStatus] | type[Priority]) -> WithJsonSchema:
+    # Leaving a field out keeps it; null is refused, so the document must not offer it.
+    return WithJsonSchema({"type": "string", "enum": [v.value for v in values]})
+
+
 class ConversationPatch(ApiModel):
-    status: ConversationStatus | None = None
-    priority: Priority | None = None
+    status: Annotated[ConversationStatus | None, _enum_schema(ConversationStatus)] = None
+    priority: Annotated[Priority | None, _enum_schema(Priority)] = None
     assignee_id: Id | None = Field(None, description="a user id, or null to unassign")
     team_id: Id | None = Field(None, description="a team id, or null")
-    labels: list[Label] | None = Field(None, max_length=MAX_LABELS, description="replaces the labels")
+    labels: Annotated[
+        list[Label] | None,
+        WithJsonSchema(
+            {
+                "type": "array",
+                "items": {"type": "string", "minLength": 1, "maxLength": 100, "pattern": r"\S"},
+                "maxItems": MAX_LABELS,
+                "description": "replaces the labels",
+            }
+        ),
+    ] = Field(None, max_length=MAX_LABELS)
     snooze_until: AwareDatetime | None = Field(
         None,
         description="snoozes the conversation until then (it reopens by itself, or on a new customer "

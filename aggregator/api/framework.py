@@ -27,7 +27,7 @@ from aggregator.attachments import AttachmentStore
 from aggregator.bus import Bus
 from aggregator.channels import ChannelManager
 from aggregator.model import Role
-from aggregator.store import Invalid, NotFound, Store, TokenInfo
+from aggregator.store import Conflict, Invalid, NotFound, Store, TokenInfo
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +168,10 @@ class Endpoint:
     @property
     def full_path(self) -> str:
         return PREFIX + self.path
+
+    @property
+    def path_regex(self) -> re.Pattern[str]:
+        return re.compile(re.sub(r"\\{\w+\\}", "[^/]+", re.escape(self.full_path)))
 
     @property
     def path_params(self) -> list[str]:
@@ -378,6 +382,17 @@ API = web.AppKey("api", Api)
 
 
 async def _unknown(request: web.Request) -> web.StreamResponse:
+    allowed = sorted(
+        endpoint.method
+        for endpoint in request.app[API].endpoints
+        if endpoint.path_regex.fullmatch(request.path)
+    )
+    if allowed:
+        response = ApiError(
+            405, "method_not_allowed", f"{request.method} is not allowed here; allowed: {', '.join(allowed)}"
+        ).response()
+        response.headers["Allow"] = ", ".join(allowed)
+        return response
     return ApiError(404, "unknown_endpoint", f"no endpoint {request.method} {request.path}").response()
 
 
@@ -412,7 +427,7 @@ def _wrap(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamRes
             if endpoint.body is not None:
                 payload = await read_json_body(request)
                 if payload is None:
-                    payload = {}
+                    raise ApiError(400, "missing_body", "this request needs a JSON object as its body")
                 if not isinstance(payload, dict):
                     raise ApiError(400, "invalid_json", "the body must be a JSON object")
                 try:
@@ -426,6 +441,8 @@ def _wrap(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamRes
             return ApiError(404, "not_found", str(exc)).response()
         except Invalid as exc:
             return ApiError(400, "invalid_field", f"{exc.field}: {exc}", exc.field).response()
+        except Conflict as exc:
+            return ApiError(409, "conflict", str(exc)).response()
 
     handle.__name__ = endpoint.operation_id
     return handle

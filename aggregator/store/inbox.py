@@ -111,9 +111,10 @@ def _with_user(query: Select[Any], user_id: str) -> Select[Any]:
     )
 
 
-def _filters(workspace_id: str, f: ConversationFilter) -> list[ColumnElement[bool]]:
+def _filters(workspace_id: str | None, f: ConversationFilter) -> list[ColumnElement[bool]]:
+    """`workspace_id` None: the caller checks it (an id list plus a workspace term plans a workspace scan)."""
     c = t.conversations
-    where: list[ColumnElement[bool]] = [c.c.workspace_id == workspace_id]
+    where: list[ColumnElement[bool]] = [] if workspace_id is None else [c.c.workspace_id == workspace_id]
     if f.statuses is not None:
         where.append(c.c.status == f.statuses[0] if len(f.statuses) == 1 else c.c.status.in_(f.statuses))
     if f.channel_account_ids is not None:
@@ -243,9 +244,13 @@ class InboxQueries(StoreBase):
                     ordered = [cid for cid in ordered if cid not in shown]
                 if ordered:
                     query = _with_user(select(*_conversation_columns()).select_from(c), user_id).where(
-                        *_filters(workspace_id, f), c.c.id.in_(ordered)
+                        *_filters(None, f), c.c.id.in_(ordered)
                     )
-                    by_id = {row.id: row for row in (await conn.execute(query)).all()}
+                    by_id = {
+                        row.id: row
+                        for row in (await conn.execute(query)).all()
+                        if row.workspace_id == workspace_id
+                    }
                     for conversation_id in ordered:
                         row = by_id.get(conversation_id)
                         if row is not None:

@@ -200,6 +200,8 @@ def ingest_batch(conn: Connection, items: Sequence[PreparedInbound], now: dateti
             )
             if msg.sender.display_name:
                 search_rows.append(_search_row(ws, None, contact_id, "contact", msg.sender.display_name))
+            if msg.sender.email:
+                search_rows.append(_search_row(ws, None, contact_id, "contact", msg.sender.email))
             identity_of[identity_key] = (identity_id, contact_id, msg.sender.display_name)
         else:
             identity_id, contact_id, display_name = known

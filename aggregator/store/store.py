@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,6 +28,7 @@ from aggregator.store.engine import create_engine, migrate
 from aggregator.store.inbox import InboxQueries
 from aggregator.store.ingest_batch import BatchOutcome, PreparedInbound, ingest_batch
 from aggregator.store.writer import BatchWriter
+from aggregator.tokens import hash_token
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,10 +75,6 @@ class OutboxItem:
     thread_ref: str | None
     recipient: Identity
     automatic: bool
-
-
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 class Store(InboxQueries, AdminQueries, ContactQueries):
@@ -174,10 +170,15 @@ class Store(InboxQueries, AdminQueries, ContactQueries):
         return user_id
 
     async def find_user_id(self, workspace_id: str, email: str) -> str | None:
+        """The active user with that email, if any."""
         async with self.read() as conn:
             found: str | None = (
                 await conn.execute(
-                    select(t.users.c.id).where(t.users.c.workspace_id == workspace_id, t.users.c.email == email)
+                    select(t.users.c.id).where(
+                        t.users.c.workspace_id == workspace_id,
+                        t.users.c.email == email,
+                        t.users.c.deactivated_at.is_(None),
+                    )
                 )
             ).scalar_one_or_none()
         return found
@@ -215,8 +216,12 @@ class Store(InboxQueries, AdminQueries, ContactQueries):
         async with self.read() as conn:
             row = (
                 await conn.execute(
-                    select(t.api_tokens).where(
-                        t.api_tokens.c.token_hash == hash_token(token), t.api_tokens.c.revoked_at.is_(None)
+                    select(t.api_tokens)
+                    .join(t.users, t.users.c.id == t.api_tokens.c.user_id)
+                    .where(
+                        t.api_tokens.c.token_hash == hash_token(token),
+                        t.api_tokens.c.revoked_at.is_(None),
+                        t.users.c.deactivated_at.is_(None),
                     )
                 )
             ).first()
@@ -286,6 +291,7 @@ class Store(InboxQueries, AdminQueries, ContactQueries):
             query = query.where(t.channel_accounts.c.workspace_id == workspace_id)
         if enabled_only:
             query = query.where(t.channel_accounts.c.enabled == 1)
+        query = query.where(t.channel_accounts.c.deleted_at.is_(None))
         async with self.read() as conn:
             rows = (await conn.execute(query)).all()
         return [self._channel_account(r) for r in rows]

@@ -11,9 +11,9 @@ from typing import Any
 import aiohttp
 from multidict import CIMultiDictProxy
 
-from aggregator.daemon import new_token
 from aggregator.model import Role, new_id
 from aggregator.store import Store
+from aggregator.tokens import new_token
 
 
 @dataclass(frozen=True, slots=True)
