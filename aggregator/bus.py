@@ -2,7 +2,9 @@
 
 Nothing here is the record: SQL is. The outbound queue carries outbox ids only; the outbox worker claims
 the SQL row atomically, so a job delivered twice is harmless, and a sweeper re-enqueues from SQL what
-Redis lost (flushed, restarted).
+Redis lost (flushed, restarted). Live events are also kept (about the last thousand per workspace) so
+that a stream client can resume after a reconnect; when they are lost, resuming says so (None), and the
+client refetches from SQL. Presence (who is viewing or typing) lives only here, and expires.
 """
 
 from __future__ import annotations
@@ -35,6 +37,27 @@ class BusUnavailable(Exception):
     """The bus (Redis) cannot be reached; the caller keeps going from SQL."""
 
 
+# An event of this type says "events may have been lost here": whoever shows live state refetches it.
+RESYNC = "resync"
+# Live-only events: not kept in the resume log (they would crowd real changes out of it), not resumable.
+EPHEMERAL_TYPES = frozenset({"presence"})
+EVENT_LOG_LENGTH = 1000
+
+
+def gap_event(workspace_id: str) -> Event:
+    """A `resync` marker of a gap seen by one subscriber only: its empty id is in no log."""
+    return Event(RESYNC, workspace_id, {}, id="")
+
+
+@dataclass(frozen=True, slots=True)
+class Presence:
+    """One user's presence on a conversation: its state and the seconds until it expires."""
+
+    user_id: str
+    state: str
+    expires_in: float
+
+
 @dataclass(frozen=True, slots=True)
 class Job:
     """One unit of queued work. `delivery_id` identifies this delivery for ack/retry."""
@@ -59,8 +82,27 @@ class Bus(Protocol):
     async def publish_many(self, events: Sequence[Event]) -> None:
         """Publish several events at once (one round trip to Redis), in order."""
 
-    def subscribe(self, workspace_id: str | None = None) -> Subscription:
-        """Live events (of one workspace, or all); ends when the bus closes."""
+    def subscribe(self, workspace_id: str | None = None, *, mark_gaps: bool = False) -> Subscription:
+        """Live events (of one workspace, or all); ends when the bus closes.
+
+        With `mark_gaps`, a `resync` event (with an empty id) is yielded wherever events may have been
+        missed: after the subscriber fell behind, or after a lost connection came back.
+        """
+
+    async def recent_events(self, workspace_id: str, after_id: str) -> list[Event] | None:
+        """The logged events of the workspace published after event `after_id`, oldest first.
+
+        None when `after_id` is not in the log (too old, unknown, or the log was lost). Ephemeral
+        events (EPHEMERAL_TYPES) are not logged.
+        """
+
+    async def set_presence(
+        self, workspace_id: str, conversation_id: str, user_id: str, state: str | None, ttl: float
+    ) -> None:
+        """Record the user's presence state on the conversation for `ttl` seconds; None removes it."""
+
+    async def presence(self, workspace_id: str, conversation_id: str) -> list[Presence]:
+        """Who is present on the conversation now (expired entries left out), by user id."""
 
     async def enqueue(self, queue: str, payload: str, delay: float = 0.0) -> None:
         """Add work; with a delay it becomes visible only after `delay` seconds."""
@@ -119,14 +161,17 @@ def _decode_event(raw: str) -> Event:
 class _Inbox:
     """A subscriber's bounded buffer: when full the oldest event goes, so publishers never wait."""
 
-    __slots__ = ("dropped", "ended", "queue", "ready", "workspace_id")
+    __slots__ = ("dropped", "ended", "gap_pending", "mark_gaps", "queue", "ready", "workspace_id")
 
-    def __init__(self, workspace_id: str | None, maxsize: int) -> None:
+    def __init__(self, workspace_id: str | None, maxsize: int, mark_gaps: bool = False) -> None:
         self.workspace_id = workspace_id
         self.queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize=max(1, maxsize))
         self.ready = asyncio.Event()
         self.ended = False
         self.dropped = 0
+        self.mark_gaps = mark_gaps
+        # The oldest buffered events were dropped: the next event handed out is a gap marker.
+        self.gap_pending = False
 
     def matches(self, event: Event) -> bool:
         return self.workspace_id is None or self.workspace_id == event.workspace_id
@@ -135,7 +180,13 @@ class _Inbox:
         if self.queue.full():
             self.queue.get_nowait()
             self.dropped += 1
+            self.gap_pending = self.mark_gaps
         self.queue.put_nowait(item)
+
+    def push_gap(self) -> None:
+        """Mark, in order, that events may have been missed here (a lost connection came back)."""
+        if self.mark_gaps:
+            self.push(gap_event(self.workspace_id or ""))
 
     def push(self, event: Event) -> None:
         if not self.ended:
@@ -184,6 +235,9 @@ class Subscription:
 
     async def __anext__(self) -> Event:
         inbox = self._inbox
+        if inbox.gap_pending and not inbox.ended:
+            inbox.gap_pending = False
+            return gap_event(inbox.workspace_id or "")
         if inbox.ended and inbox.queue.empty():
             raise StopAsyncIteration
         item = await inbox.queue.get()
@@ -246,11 +300,17 @@ class InProcessBus:
         visibility_timeout: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         subscriber_buffer: int = 1000,
+        event_log: int = EVENT_LOG_LENGTH,
     ) -> None:
         self._visibility_timeout = visibility_timeout
         self._clock = clock
         self._subscriber_buffer = subscriber_buffer
+        self._event_log = max(1, event_log)
         self._inboxes: set[_Inbox] = set()
+        self._logs: dict[str, deque[Event]] = {}
+        # (workspace, conversation) -> user -> (state, expires at on self._clock)
+        self._presence: dict[tuple[str, str], dict[str, tuple[str, float]]] = {}
+        self._presence_swept = clock()
         self._queues: dict[str, _WorkQueue] = {}
         self._ids = itertools.count(1)
         self._buckets: dict[str, tuple[float, float]] = {}
@@ -273,7 +333,12 @@ class InProcessBus:
         """Always usable."""
 
     async def publish(self, event: Event) -> None:
-        """Hand the event to every matching subscriber."""
+        """Log the event (unless ephemeral) and hand it to every matching subscriber."""
+        if event.type not in EPHEMERAL_TYPES:
+            kept = self._logs.get(event.workspace_id)
+            if kept is None:
+                kept = self._logs[event.workspace_id] = deque(maxlen=self._event_log)
+            kept.append(event)
         for inbox in list(self._inboxes):
             if inbox.matches(event):
                 inbox.push(event)
@@ -283,9 +348,57 @@ class InProcessBus:
         for event in events:
             await self.publish(event)
 
-    def subscribe(self, workspace_id: str | None = None) -> Subscription:
+    async def recent_events(self, workspace_id: str, after_id: str) -> list[Event] | None:
+        """The logged events after `after_id`, oldest first; None when it is not in the log."""
+        kept = self._logs.get(workspace_id)
+        if kept is None:
+            return None
+        after: list[Event] = []
+        for event in reversed(kept):
+            if event.id == after_id:
+                after.reverse()
+                return after
+            after.append(event)
+        return None
+
+    def _sweep_presence(self, now: float) -> None:
+        # Conversations nobody looks at again would otherwise keep their expired entries forever.
+        self._presence_swept = now
+        for key, users in list(self._presence.items()):
+            for user_id in [u for u, (_, until) in users.items() if until <= now]:
+                del users[user_id]
+            if not users:
+                del self._presence[key]
+
+    async def set_presence(
+        self, workspace_id: str, conversation_id: str, user_id: str, state: str | None, ttl: float
+    ) -> None:
+        """Record the user's presence state on the conversation for `ttl` seconds; None removes it."""
+        now = self._clock()
+        if now - self._presence_swept > 60.0:
+            self._sweep_presence(now)
+        key = (workspace_id, conversation_id)
+        users = self._presence.setdefault(key, {})
+        if state is None or ttl <= 0:
+            users.pop(user_id, None)
+        else:
+            users[user_id] = (state, now + ttl)
+        if not users:
+            del self._presence[key]
+
+    async def presence(self, workspace_id: str, conversation_id: str) -> list[Presence]:
+        """Who is present on the conversation now, by user id."""
+        now = self._clock()
+        users = self._presence.get((workspace_id, conversation_id), {})
+        return [
+            Presence(user_id, state, until - now)
+            for user_id, (state, until) in sorted(users.items())
+            if until > now
+        ]
+
+    def subscribe(self, workspace_id: str | None = None, *, mark_gaps: bool = False) -> Subscription:
         """Live events of one workspace (or all); registered at once, so ready() returns immediately."""
-        inbox = _Inbox(workspace_id, self._subscriber_buffer)
+        inbox = _Inbox(workspace_id, self._subscriber_buffer, mark_gaps)
         if self._closed:
             inbox.end()
         else:
@@ -510,6 +623,77 @@ end
 return 0
 """
 
+# The events logged after the one with id ARGV[1], oldest first, as {1, event1, event2, ...}; {0} when
+# that id is not in the log. Scanned newest first: a reconnecting client is usually a few events behind.
+_RECENT_EVENTS = """
+local key, want = KEYS[1], ARGV[1]
+local newer = {}
+local upper = '+'
+for _ = 1, 100 do
+  local entries = redis.call('XREVRANGE', key, upper, '-', 'COUNT', 200)
+  if #entries == 0 then return {0} end
+  for _, entry in ipairs(entries) do
+    local fields, id, data = entry[2], '', ''
+    for i = 1, #fields, 2 do
+      if fields[i] == 'i' then id = fields[i + 1] elseif fields[i] == 'e' then data = fields[i + 1] end
+    end
+    if id == want then
+      local out = {1}
+      for j = #newer, 1, -1 do out[#out + 1] = newer[j] end
+      return out
+    end
+    newer[#newer + 1] = data
+  end
+  upper = '(' .. entries[#entries][1]
+end
+return {0}
+"""
+
+# Presence: a sorted set of user ids scored by expiry (ms, Redis clock) and a hash of their states.
+# ARGV: user, state ('' removes), ttl ms. Both keys expire with their last entry.
+_PRESENCE_SET = """
+local zkey, hkey = KEYS[1], KEYS[2]
+local user, state, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local gone = redis.call('ZRANGEBYSCORE', zkey, '-inf', now)
+if #gone > 0 then
+  redis.call('ZREMRANGEBYSCORE', zkey, '-inf', now)
+  redis.call('HDEL', hkey, unpack(gone))
+end
+if state == '' then
+  redis.call('ZREM', zkey, user)
+  redis.call('HDEL', hkey, user)
+else
+  redis.call('ZADD', zkey, now + ttl, user)
+  redis.call('HSET', hkey, user, state)
+end
+local last = redis.call('ZRANGE', zkey, -1, -1, 'WITHSCORES')
+if #last > 0 then
+  local left = math.max(1, tonumber(last[2]) - now)
+  redis.call('PEXPIRE', zkey, left)
+  redis.call('PEXPIRE', hkey, left)
+end
+"""
+
+# {user1, state1, ms left1, user2, ...} of the entries not expired.
+_PRESENCE_GET = """
+local zkey, hkey = KEYS[1], KEYS[2]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local live = redis.call('ZRANGEBYSCORE', zkey, '(' .. now, '+inf', 'WITHSCORES')
+local out = {}
+for i = 1, #live, 2 do
+  local state = redis.call('HGET', hkey, live[i])
+  if state then
+    out[#out + 1] = live[i]
+    out[#out + 1] = state
+    out[#out + 1] = tostring(tonumber(live[i + 1]) - now)
+  end
+end
+return out
+"""
+
 _UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
 
@@ -563,10 +747,12 @@ class RedisBus:
         socket_timeout: float = 2.0,
         connect_timeout: float = 1.0,
         poll_interval: float = 1.0,
+        event_log: int = EVENT_LOG_LENGTH,
     ) -> None:
         self._prefix = prefix
         self._visibility_timeout = visibility_timeout
         self._subscriber_buffer = subscriber_buffer
+        self._event_log = max(1, event_log)
         # A blocking read is cut into slices shorter than the socket timeout, so a dead server is
         # noticed, delayed jobs become visible on time and stale jobs are reclaimed promptly.
         self._poll_interval = max(0.01, min(poll_interval, socket_timeout / 2, visibility_timeout / 2))
@@ -587,8 +773,15 @@ class RedisBus:
         self._rate_limit = self._client.register_script(_RATE_LIMIT)
         self._lease_renew = self._client.register_script(_LEASE_RENEW)
         self._lease_release = self._client.register_script(_LEASE_RELEASE)
+        self._recent_events = self._client.register_script(_RECENT_EVENTS)
+        self._presence_set = self._client.register_script(_PRESENCE_SET)
+        self._presence_get = self._client.register_script(_PRESENCE_GET)
         self._pumps: dict[_Inbox, asyncio.Task[None]] = {}
         self._closed = asyncio.Event()
+        # Workspaces with events that could not be logged: a resync marker goes into their log as soon
+        # as Redis answers again, so that a client resuming across the loss is told to refetch.
+        self._lost: set[str] = set()
+        self._flusher: asyncio.Task[None] | None = None
 
     def _stream(self, queue: str) -> str:
         return f"{self._prefix}:q:{queue}"
@@ -598,6 +791,13 @@ class RedisBus:
 
     def _channel(self, workspace_id: str) -> str:
         return f"{self._prefix}:events:{workspace_id}"
+
+    def _log(self, workspace_id: str) -> str:
+        return f"{self._prefix}:log:{workspace_id}"
+
+    def _presence_keys(self, workspace_id: str, conversation_id: str) -> list[str]:
+        suffix = f"{workspace_id}:{conversation_id}"
+        return [f"{self._prefix}:presence:{suffix}", f"{self._prefix}:presence-state:{suffix}"]
 
     async def start(self) -> None:
         """Nothing to do up front: connections are made on use, so Redis may come up later."""
@@ -612,7 +812,11 @@ class RedisBus:
         for inbox, task in pumps:
             task.cancel()
             inbox.end()
-        await asyncio.gather(*(task for _, task in pumps), return_exceptions=True)
+        tasks = [task for _, task in pumps]
+        if self._flusher is not None:
+            self._flusher.cancel()
+            tasks.append(self._flusher)
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self._client.aclose()
 
     async def ping(self) -> None:
@@ -621,24 +825,92 @@ class RedisBus:
             await self._client.ping()
 
     async def publish(self, event: Event) -> None:
-        """Publish on the workspace's channel (at most once; nobody listening means nobody gets it)."""
-        message = _encode_event(event)
-        with _unavailable_as_bus_error():
-            await self._client.publish(self._channel(event.workspace_id), message)
+        """Log the event (unless ephemeral) and publish it on the workspace's channel (at most once)."""
+        await self._publish([event])
 
     async def publish_many(self, events: Sequence[Event]) -> None:
-        """Publish the events in one pipelined round trip."""
-        if not events:
-            return
-        with _unavailable_as_bus_error():
-            async with self._client.pipeline(transaction=False) as pipe:
-                for event in events:
-                    pipe.publish(self._channel(event.workspace_id), _encode_event(event))
-                await pipe.execute()
+        """Log and publish the events in one pipelined round trip."""
+        if events:
+            await self._publish(events)
 
-    def subscribe(self, workspace_id: str | None = None) -> Subscription:
+    async def _publish(self, events: Sequence[Event]) -> None:
+        lost = list(self._lost)
+        batch = [Event(RESYNC, workspace_id, {}) for workspace_id in lost]
+        batch.extend(events)
+        try:
+            with _unavailable_as_bus_error():
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for event in batch:
+                        message = _encode_event(event)
+                        # Logged before it is published, so that whoever hears of it live and then
+                        # reads the log finds it there (and can drop the repeat by id).
+                        if event.type not in EPHEMERAL_TYPES:
+                            pipe.xadd(
+                                self._log(event.workspace_id),
+                                {"i": event.id, "e": message},
+                                maxlen=self._event_log,
+                                approximate=True,
+                            )
+                        pipe.publish(self._channel(event.workspace_id), message)
+                    await pipe.execute()
+        except BusUnavailable:
+            self._mark_lost({e.workspace_id for e in events if e.type not in EPHEMERAL_TYPES})
+            raise
+        self._lost.difference_update(lost)
+
+    def _mark_lost(self, workspace_ids: set[str]) -> None:
+        if not workspace_ids or self._closed.is_set():
+            return
+        self._lost.update(workspace_ids)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_lost(), name="bus-lost-events")
+
+    async def _flush_lost(self) -> None:
+        while self._lost and not self._closed.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closed.wait(), 0.5)
+            if self._closed.is_set() or not self._lost:
+                return
+            with contextlib.suppress(BusUnavailable):
+                await self._publish([])
+
+    async def recent_events(self, workspace_id: str, after_id: str) -> list[Event] | None:
+        """The logged events after `after_id`, oldest first; None when it is not in the log."""
+        with _unavailable_as_bus_error():
+            found = await self._recent_events(keys=[self._log(workspace_id)], args=[after_id])
+        if not found or int(found[0]) != 1:
+            return None
+        events: list[Event] = []
+        for raw in found[1:]:
+            try:
+                events.append(_decode_event(str(raw)))
+            except (ValueError, KeyError, TypeError):
+                log.warning("ignoring a malformed logged event of workspace %s", workspace_id)
+        return events
+
+    async def set_presence(
+        self, workspace_id: str, conversation_id: str, user_id: str, state: str | None, ttl: float
+    ) -> None:
+        """Record the user's presence state on the conversation for `ttl` seconds; None removes it."""
+        args: list[str | int] = [user_id, "", 0]
+        if state is not None and ttl > 0:
+            args = [user_id, state, _ms(ttl)]
+        with _unavailable_as_bus_error():
+            await self._presence_set(keys=self._presence_keys(workspace_id, conversation_id), args=args)
+
+    async def presence(self, workspace_id: str, conversation_id: str) -> list[Presence]:
+        """Who is present on the conversation now, by user id."""
+        with _unavailable_as_bus_error():
+            flat = await self._presence_get(keys=self._presence_keys(workspace_id, conversation_id))
+        entries = [
+            Presence(str(flat[i]), str(flat[i + 1]), float(flat[i + 2]) / 1000)
+            for i in range(0, len(flat) - 2, 3)
+        ]
+        return sorted(entries, key=lambda entry: entry.user_id)
+
+    def subscribe(self, workspace_id: str | None = None, *, mark_gaps: bool = False) -> Subscription:
         """Live events of one workspace (or all); await ready() before relying on delivery."""
-        inbox = _Inbox(workspace_id, self._subscriber_buffer)
+        inbox = _Inbox(workspace_id, self._subscriber_buffer, mark_gaps)
         if self._closed.is_set():
             inbox.end()
         else:
@@ -655,6 +927,10 @@ class RedisBus:
     async def _pump(self, inbox: _Inbox) -> None:
         try:
             backoff = 0.1
+            # Events published while the subscription was down were missed: say so once it is back.
+            # redis-py may reconnect and subscribe again by itself: a repeated confirmation says so.
+            lost = False
+            confirmed = False
             while not self._closed.is_set():
                 pubsub = self._client.pubsub()
                 try:
@@ -669,6 +945,10 @@ class RedisBus:
                             continue
                         kind = message.get("type")
                         if kind in ("subscribe", "psubscribe"):
+                            if lost or confirmed:
+                                inbox.push_gap()
+                                lost = False
+                            confirmed = True
                             inbox.ready.set()
                             backoff = 0.1
                         elif kind in ("message", "pmessage"):
@@ -677,8 +957,10 @@ class RedisBus:
                             except (ValueError, KeyError, TypeError):
                                 log.warning("ignoring malformed event on %s", message.get("channel"))
                 except _UNAVAILABLE as exc:
+                    lost = True
                     log.warning("event subscription lost (%s); reconnecting in %.1fs", exc, backoff)
                 except Exception:
+                    lost = True
                     # Whatever went wrong, a live subscriber is better served by a retry than a silent end.
                     log.exception("event subscription failed; reconnecting in %.1fs", backoff)
                 finally:

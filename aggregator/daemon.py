@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import secrets
 import signal
 import socket
 from collections.abc import Callable
@@ -18,26 +17,25 @@ from aiohttp import web
 
 from aggregator.api.app import Drain, create_app
 from aggregator.attachments import AttachmentStore
-from aggregator.bus import Bus, create_bus
+from aggregator.bus import Bus, BusUnavailable, create_bus
 from aggregator.channels import ChannelManager
 from aggregator.config import Settings
 from aggregator.ingest import Ingestor
+from aggregator.live import LiveHub
 from aggregator.metrics import Metrics
-from aggregator.model import Role, utcnow
+from aggregator.model import Event, Role, utcnow
 from aggregator.outbound import OutboxWorker
 from aggregator.secrets import SecretBox
-from aggregator.store import Store, Workspace
+from aggregator.store import Conflict, Store, Workspace
+from aggregator.tokens import new_token
 from channels.base import Registry
 
 log = logging.getLogger(__name__)
 
 CHANNEL_REFRESH_SECONDS = 10.0
+SNOOZE_CHECK_SECONDS = 1.0
 SHUTDOWN_SECONDS = 30.0
 FIRST_ADMIN_EMAIL = "admin@localhost"
-
-
-def new_token() -> str:
-    return "agg_" + secrets.token_urlsafe(32)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +63,12 @@ async def bootstrap(store: Store, settings: Settings) -> Bootstrap:
         token = new_token()
         user_id = await store.find_user_id(workspace.id, FIRST_ADMIN_EMAIL)
         if user_id is None:
-            user_id = await store.create_user(workspace.id, "Administrator", FIRST_ADMIN_EMAIL, Role.ADMIN)
+            try:
+                user_id = await store.create_user(workspace.id, "Administrator", FIRST_ADMIN_EMAIL, Role.ADMIN)
+            except Conflict:
+                # admin@localhost was deactivated: a new administrator, as the workspace has none left.
+                email = FIRST_ADMIN_EMAIL.replace("@", f"+{token[-8:]}@")
+                user_id = await store.create_user(workspace.id, "Administrator", email, Role.ADMIN)
         await store.create_token(workspace.id, Role.ADMIN, token, user_id=user_id, name="first admin token")
     return Bootstrap(workspace, token)
 
@@ -94,11 +97,14 @@ class Daemon:
             max_batch=settings.ingest.max_batch,
             clock=clock,
         )
+        self.live = LiveHub(self.bus)
         self.bootstrap: Bootstrap | None = None
         self._http: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self._drain = Drain()
         self._refresher: asyncio.Task[None] | None = None
+        self._snoozer: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
         self.channels: ChannelManager | None = None
         self.outbox: OutboxWorker | None = None
         self.port: int | None = None
@@ -140,6 +146,7 @@ class Daemon:
             self._drain,
             attachments=self.attachments,
             enqueue_outbox=self.outbox.enqueue,
+            live=self.live,
         )
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0, handle_signals=False)
         await self._runner.setup()
@@ -149,6 +156,7 @@ class Daemon:
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else self.settings.http.port
         self._refresher = asyncio.create_task(self._refresh_loop(), name="channel-refresh")
+        self._snoozer = asyncio.create_task(self._snooze_loop(), name="snooze-wake")
         log.info("serving on http://%s:%s", self.settings.http.host, self.port)
 
     async def _refresh_loop(self) -> None:
@@ -160,15 +168,49 @@ class Daemon:
             except Exception:
                 log.exception("refreshing channels failed")
 
+    async def _snooze_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await self.wake_snoozed()
+            except Exception:
+                log.exception("waking snoozed conversations failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), SNOOZE_CHECK_SECONDS)
+
+    async def wake_snoozed(self) -> int:
+        """Reopen the conversations whose snooze ran out and tell live clients; how many woke."""
+        woken = await self.store.wake_snoozed(self.clock())
+        events = [
+            Event(
+                "conversation.updated",
+                workspace_id,
+                {"conversation_id": conversation_id, "changed": ["snoozed_until", "status"], "by": None},
+                conversation_id,
+            )
+            for workspace_id, conversation_id in woken
+        ]
+        if events:
+            try:
+                await self.bus.publish_many(events)
+            except BusUnavailable as exc:
+                log.debug("%d snooze wake-ups not published: %s", len(events), exc)
+        return len(woken)
+
     async def stop(self) -> None:
         """Stop accepting, finish in-flight work, then close everything."""
+        self._stopping.set()
         if self._refresher is not None:
             self._refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._refresher
+        if self._snoozer is not None:
+            # Not cancelled: it may be in the middle of a write, and it stops within a second anyway.
+            await self._snoozer
         if self._runner is not None:
             for site in list(self._runner.sites):
                 await site.stop()
+            # Live streams never finish by themselves: end them, or the drain would wait for them.
+            await self.live.close()
             if not await self._drain.drain(SHUTDOWN_SECONDS):
                 log.warning("requests still running after %ss; cutting them off", SHUTDOWN_SECONDS)
             await self._runner.cleanup()

@@ -20,7 +20,7 @@ from typing import Any
 from aggregator.bus import Bus, BusUnavailable, Job
 from aggregator.config import OutboxSettings
 from aggregator.metrics import Metrics
-from aggregator.model import ConnectionState, OutboundMessage, OutboxStatus, SendResult, utcnow
+from aggregator.model import ConnectionState, Event, OutboundMessage, OutboxStatus, SendResult, utcnow
 from aggregator.store import OutboxItem, Store
 from channels.base import AuthError, ChannelAdapter, ChannelError, PermanentError, TransientError
 
@@ -211,7 +211,26 @@ class OutboxWorker:
             return await self._retry(item, kind, f"unexpected error: {exc!r}", None)
         await self.store.finish_outbox(item, OutboxStatus.SENT, external_id=result.external_id)
         self.metrics.messages_out.labels(kind).inc()
+        await self._publish_delivery(item, OutboxStatus.SENT, None)
         return OutboxStatus.SENT
+
+    async def _publish_delivery(self, item: OutboxItem, status: OutboxStatus, error: str | None) -> None:
+        # Live clients hear of it at once; the record is in SQL whatever the bus does.
+        event = Event(
+            "message.delivery",
+            item.workspace_id,
+            {
+                "message_id": item.message_id,
+                "conversation_id": item.conversation_id,
+                "delivery_status": status.value,
+                "error": error,
+            },
+            item.conversation_id,
+        )
+        try:
+            await self.bus.publish(event)
+        except BusUnavailable as exc:
+            log.debug("delivery status of %s not published: %s", item.message_id, exc)
 
     def backoff(self, attempts: int) -> float:
         base = self.settings.backoff_base_seconds * 2 ** max(0, attempts - 1)
@@ -231,6 +250,7 @@ class OutboxWorker:
         await self.store.finish_outbox(
             item, OutboxStatus.QUEUED, error=reason, next_attempt_at=self.clock() + timedelta(seconds=delay)
         )
+        await self._publish_delivery(item, OutboxStatus.QUEUED, reason)
         await self.enqueue(item.outbox_id, delay=delay)
         return OutboxStatus.QUEUED
 
@@ -238,4 +258,5 @@ class OutboxWorker:
         self.metrics.send_failures.labels(kind, "failed").inc()
         log.warning("outbox %s failed for good: %s", item.outbox_id, reason)
         await self.store.finish_outbox(item, OutboxStatus.FAILED, error=reason)
+        await self._publish_delivery(item, OutboxStatus.FAILED, reason)
         return OutboxStatus.FAILED

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 from redis.asyncio import Redis
 
 from aggregator.bus import (
+    RESYNC,
     Bus,
     BusUnavailable,
     InProcessBus,
@@ -433,3 +435,161 @@ async def test_closed_or_dropped_subscriptions_unsubscribe(
         del sub
         gc.collect()
         await asyncio.wait_for(until_no_listeners(), 3)
+
+
+# --- the event log (resume) and presence ----------------------------------------------------------
+
+
+async def test_recent_events_replays_after_an_id_and_none_when_unknown(bus: Bus) -> None:
+    events = [
+        Event(type="message.created", workspace_id="ws-a", data={"n": n}, conversation_id="c")
+        for n in range(5)
+    ]
+    await bus.publish(events[0])
+    await bus.publish_many(
+        [events[1], Event(type="presence", workspace_id="ws-a", data={"state": "typing"}), *events[2:4]]
+    )
+    await bus.publish(Event(type="message.created", workspace_id="ws-b", data={}))
+    await bus.publish(events[4])
+
+    assert await bus.recent_events("ws-a", events[1].id) == events[2:], "presence is not logged"
+    assert await bus.recent_events("ws-a", events[0].id) == events[1:]
+    assert await bus.recent_events("ws-a", events[4].id) == []
+    assert await bus.recent_events("ws-a", "unknown") is None
+    assert await bus.recent_events("ws-b", events[0].id) is None, "another workspace's log"
+    assert await bus.recent_events("ws-c", events[0].id) is None
+
+
+async def test_event_log_keeps_only_the_latest(bus_url: str | None) -> None:
+    bus: Bus = RedisBus(bus_url, event_log=10) if bus_url else InProcessBus(event_log=10)
+    await bus.start()
+    try:
+        events = [Event(type="e", workspace_id="ws", data={"n": n}) for n in range(400)]
+        await bus.publish_many(events)
+        # Redis trims approximately (whole stream nodes): the oldest are gone, the latest stay.
+        assert await bus.recent_events("ws", events[0].id) is None
+        assert await bus.recent_events("ws", events[-5].id) == events[-4:]
+    finally:
+        await bus.close()
+
+
+async def test_presence_is_set_replaced_removed_and_expires(bus: Bus) -> None:
+    await bus.set_presence("ws", "conv", "ann", "viewing", 5.0)
+    await bus.set_presence("ws", "conv", "bob", "viewing", 0.3)
+    await bus.set_presence("ws", "conv", "bob", "typing", 0.3)
+    await bus.set_presence("ws", "other", "cid", "typing", 5.0)
+    await bus.set_presence("ws-2", "conv", "dan", "typing", 5.0)
+
+    now = await bus.presence("ws", "conv")
+    assert [(p.user_id, p.state) for p in now] == [("ann", "viewing"), ("bob", "typing")], "one state each"
+    assert 4.0 < now[0].expires_in <= 5.0
+    assert 0.0 < now[1].expires_in <= 0.3
+
+    await asyncio.sleep(0.4)
+    assert [p.user_id for p in await bus.presence("ws", "conv")] == ["ann"], "bob expired"
+    await bus.set_presence("ws", "conv", "ann", None, 5.0)
+    assert await bus.presence("ws", "conv") == []
+    assert [p.user_id for p in await bus.presence("ws", "other")] == ["cid"]
+    assert [p.user_id for p in await bus.presence("ws-2", "conv")] == ["dan"]
+    assert await bus.presence("ws", "nobody-here") == []
+
+
+async def test_gap_is_marked_where_a_slow_subscriber_lost_events() -> None:
+    bus = InProcessBus(subscriber_buffer=2)
+    sub = bus.subscribe("ws", mark_gaps=True)
+    plain = bus.subscribe("ws")
+    events = [Event(type="e", workspace_id="ws", data={"i": i}) for i in range(5)]
+    for event in events:
+        await bus.publish(event)
+    gap = await next_event(sub)
+    assert (gap.type, gap.id, gap.workspace_id) == (RESYNC, "", "ws")
+    assert [await next_event(sub), await next_event(sub)] == events[3:]
+    assert [await next_event(plain), await next_event(plain)] == events[3:], "no marks unless asked"
+    await bus.close()
+
+
+async def test_resubscription_after_a_redis_restart_is_marked_as_a_gap(
+    redis_server: RedisServer, redis_bus: RedisBus
+) -> None:
+    sub = redis_bus.subscribe("ws", mark_gaps=True)
+    await asyncio.wait_for(sub.ready(), 3)
+    await redis_server.stop()
+    await asyncio.sleep(0.3)
+    await redis_server.start()
+
+    event = Event(type="e", workspace_id="ws", data={})
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + 10
+    received: list[Event] = []
+    while event not in received and loop.time() < give_up:
+        with contextlib.suppress(BusUnavailable):
+            await redis_bus.publish(event)
+        with contextlib.suppress(TimeoutError):
+            while True:
+                received.append(await next_event(sub, within=0.2))
+    assert received[0].type == RESYNC and received[0].id == ""
+    assert event in received
+    await sub.aclose()
+
+
+async def test_events_lost_while_redis_was_unreachable_leave_a_resync_mark_in_the_log(
+    redis_server: RedisServer,
+) -> None:
+    bus = RedisBus(redis_server.url, prefix="t", socket_timeout=0.3)
+    await bus.start()
+    try:
+        before = Event(type="message.created", workspace_id="ws", data={"n": 1})
+        await bus.publish(before)
+        async with Redis.from_url(redis_server.url) as control:
+            # Redis keeps running (and keeps its log) but answers nobody for a while.
+            await control.execute_command("CLIENT", "PAUSE", 1500, "ALL")
+            with pytest.raises(BusUnavailable):
+                await bus.publish(Event(type="message.created", workspace_id="ws", data={"n": 2}))
+            await control.execute_command("CLIENT", "UNPAUSE")
+
+        async def marked() -> bool:
+            after = await bus.recent_events("ws", before.id)
+            return after is not None and any(e.type == RESYNC and e.id for e in after)
+
+        await wait_for(marked, within=5)
+        later = Event(type="message.created", workspace_id="ws", data={"n": 3})
+        await bus.publish(later)
+        after = await bus.recent_events("ws", before.id)
+        assert after is not None and after[-1] == later
+        assert [e.type for e in after if e.type == RESYNC] == [RESYNC], "marked once"
+    finally:
+        await bus.close()
+
+
+async def wait_for(condition: Callable[[], Awaitable[bool]], within: float) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not await condition():
+        assert loop.time() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+async def test_flushed_log_means_resume_is_impossible(redis_server: RedisServer, redis_bus: RedisBus) -> None:
+    event = Event(type="e", workspace_id="ws", data={})
+    await redis_bus.publish(event)
+    assert await redis_bus.recent_events("ws", event.id) == []
+    async with Redis.from_url(redis_server.url) as client:
+        await client.flushall()
+    assert await redis_bus.recent_events("ws", event.id) is None
+    await redis_server.stop()
+    with pytest.raises(BusUnavailable):
+        await redis_bus.recent_events("ws", event.id)
+    with pytest.raises(BusUnavailable):
+        await redis_bus.set_presence("ws", "c", "u", "viewing", 1.0)
+    with pytest.raises(BusUnavailable):
+        await redis_bus.presence("ws", "c")
+
+
+async def test_log_and_presence_keys_use_the_prefix(redis_server: RedisServer, redis_bus: RedisBus) -> None:
+    await redis_bus.publish(Event(type="e", workspace_id="ws", data={}))
+    await redis_bus.publish(Event(type="presence", workspace_id="ws", data={}))
+    await redis_bus.set_presence("ws", "conv", "u", "viewing", 5.0)
+    async with Redis.from_url(redis_server.url, decode_responses=True) as client:
+        keys = sorted(await client.keys("*"))
+        assert 0 < await client.pttl("t:presence:ws:conv") <= 5000
+    assert keys == ["t:log:ws", "t:presence-state:ws:conv", "t:presence:ws:conv"]

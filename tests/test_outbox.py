@@ -13,9 +13,10 @@ from typing import Any
 import aiohttp
 import pytest
 
+from aggregator.bus import BusUnavailable, InProcessBus
 from aggregator.config import OutboxSettings, Settings
 from aggregator.daemon import Daemon
-from aggregator.model import OutboxStatus, ThreadHints, utcnow
+from aggregator.model import Event, OutboxStatus, ThreadHints, utcnow
 from aggregator.outbound import OutboxWorker
 from aggregator.store.schema import format_time
 from channels.api import ApiChannel
@@ -30,9 +31,11 @@ from support.app import (
     daemon_url,
     inbound,
     make_settings,
+    next_event,
     open_core,
     running_daemon,
     sql,
+    subscribed,
     wait_until,
 )
 from support.redis_server import RedisServer
@@ -382,3 +385,72 @@ async def test_rate_limit_deferral_is_not_a_send_attempt(
         assert len(callback_server.attempts) == 1
         rows = await sql(core.store, "SELECT attempts, last_error FROM outbox WHERE id = :id", id=second)
         assert tuple(rows[0]) == (0, None)
+
+
+# Delivery status on the live stream
+
+
+async def test_each_recorded_outcome_is_published_as_message_delivery(
+    outbox: Outbox, callback_server: CallbackServer
+) -> None:
+    workspace_id = outbox.core.workspace.id
+    async with subscribed(outbox.core.bus, workspace_id) as events:
+        message_id, outbox_id = await outbox.reply()
+        callback_server.fail_next(503)
+        assert await outbox.worker.process(outbox_id) is OutboxStatus.QUEUED
+        queued = await next_event(events)
+        assert (queued.type, queued.workspace_id, queued.conversation_id) == (
+            "message.delivery",
+            workspace_id,
+            outbox.conversation_id,
+        )
+        assert {k: v for k, v in queued.data.items() if k != "error"} == {
+            "message_id": message_id,
+            "conversation_id": outbox.conversation_id,
+            "delivery_status": "queued",
+        }
+        assert "503" in queued.data["error"]
+
+        await asyncio.sleep(0.1)
+        assert await outbox.worker.process(outbox_id) is OutboxStatus.SENT
+        sent = await next_event(events)
+        assert sent.data == {
+            "message_id": message_id,
+            "conversation_id": outbox.conversation_id,
+            "delivery_status": "sent",
+            "error": None,
+        }
+
+        failing_id, failing_outbox = await outbox.reply("this one is refused")
+        callback_server.fail_next(400)
+        assert await outbox.worker.process(failing_outbox) is OutboxStatus.FAILED
+        failed = await next_event(events)
+        assert (failed.data["message_id"], failed.data["delivery_status"]) == (failing_id, "failed")
+        assert "400" in failed.data["error"]
+
+        # Not due, or nothing recorded: nothing published.
+        assert await outbox.worker.process(outbox_id) is None
+        with pytest.raises(TimeoutError):
+            await next_event(events, within=0.2)
+
+
+class BusThatCannotPublish(InProcessBus):
+    """A bus whose events go nowhere (Redis down for publishing), while its queues work."""
+
+    async def publish(self, event: Event) -> None:
+        raise BusUnavailable("redis: down for this test")
+
+
+async def test_delivery_status_is_recorded_when_it_cannot_be_published(
+    app_settings: Settings, callback_server: CallbackServer
+) -> None:
+    async with open_core(app_settings, bus=BusThatCannotPublish()) as core:
+        channel_id = await core.add_channel({"secret": SECRET, "callback_url": callback_server.url})
+        await core.adapter(channel_id)
+        conversation_id = (await core.ingest(inbound(channel_id, "in-1"))).conversation_id
+        message_id, outbox_id = await core.store.create_reply(core.workspace.id, conversation_id, "hi")
+
+        assert await make_worker(core).process(outbox_id) is OutboxStatus.SENT
+
+        message = await core.store.get_message(message_id, core.workspace.id)
+        assert message["delivery_status"] == "sent"

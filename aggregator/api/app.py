@@ -9,12 +9,13 @@ from typing import Any
 
 from aiohttp import web
 
-from aggregator.api.keys import ATTACHMENTS, BUS, CHANNELS, ENQUEUE_OUTBOX, METRICS, STORE
+from aggregator.api.keys import ATTACHMENTS, BUS, CHANNELS, ENQUEUE_OUTBOX, LIVE, METRICS, STORE
 from aggregator.api.v1 import build_api
 from aggregator.attachments import AttachmentStore
 from aggregator.bus import Bus, BusUnavailable
 from aggregator.channels import ChannelManager
 from aggregator.ingest import IngestClosed
+from aggregator.live import LiveHub
 from aggregator.metrics import CONTENT_TYPE, Metrics
 from aggregator.store import Store
 
@@ -129,6 +130,7 @@ def create_app(
     *,
     attachments: AttachmentStore,
     enqueue_outbox: Callable[[str], Awaitable[None]] | None = None,
+    live: LiveHub | None = None,
 ) -> web.Application:
     # Bodies are read by the handlers themselves, each against its own limit; this bound only keeps
     # aiohttp's own buffering (request.read/json) from taking more.
@@ -141,6 +143,13 @@ def create_app(
     app[ATTACHMENTS] = attachments
     if enqueue_outbox is not None:
         app[ENQUEUE_OUTBOX] = enqueue_outbox
+    hub = app[LIVE] = live if live is not None else LiveHub(bus)
+
+    async def end_streams(app: web.Application) -> None:
+        await hub.close()
+
+    # Streams never finish by themselves: they are ended before the server waits for requests to finish.
+    app.on_shutdown.append(end_streams)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

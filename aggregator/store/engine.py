@@ -23,7 +23,7 @@ def _sqlite_from_hint(self: SQLiteCompiler, table: Any, text: str | None) -> str
 
 # SQLAlchemy's SQLite dialect drops FROM hints; SQLite's own one is `table INDEXED BY index`, which the
 # inbox list needs (see store/inbox.py), so the dialect renders `with_hint(..., "sqlite")` as given.
-SQLiteCompiler.get_from_hint_text = _sqlite_from_hint  # type: ignore[method-assign]
+SQLiteCompiler.get_from_hint_text = _sqlite_from_hint  # type: ignore[method-assign,assignment]
 
 
 def _sqlite_setup(engine: Engine) -> None:

@@ -377,14 +377,18 @@ class InboxQueries(StoreBase):
     async def wake_snoozed(self, now: datetime, limit: int = 500) -> list[tuple[str, str]]:
         """Reopen conversations whose snooze has run out: (workspace id, conversation id) of each."""
         c = t.conversations
+        due_query = (
+            select(c.c.id, c.c.workspace_id)
+            .where(c.c.status == ConversationStatus.SNOOZED.value, c.c.snoozed_until <= now)
+            .limit(limit)
+        )
+        # Checked with a read first: this runs every second in every process, and a write transaction
+        # would take SQLite's write lock from the ingest writer each time.
+        async with self.read() as conn:
+            if (await conn.execute(due_query)).first() is None:
+                return []
         async with self.write() as conn:
-            due = (
-                await conn.execute(
-                    select(c.c.id, c.c.workspace_id)
-                    .where(c.c.status == ConversationStatus.SNOOZED.value, c.c.snoozed_until <= now)
-                    .limit(limit)
-                )
-            ).all()
+            due = (await conn.execute(due_query)).all()
             if not due:
                 return []
             ids = [row.id for row in due]
