@@ -150,6 +150,23 @@ def _index_for(f: ConversationFilter) -> str:
     return "ix_conversations_workspace_id_last_activity_at_id"
 
 
+def conversation_list_query(
+    workspace_id: str, user_id: str, f: ConversationFilter, *, limit: int, after: tuple[datetime, str] | None
+) -> Select[Any]:
+    """One page of the inbox list: a range scan of the index that fits the filter, `limit + 1` rows."""
+    c = t.conversations
+    query = _with_user(select(*_conversation_columns()).select_from(c), user_id).where(*_filters(workspace_id, f))
+    if after is not None:
+        query = query.where(
+            tuple_(c.c.last_activity_at, c.c.id) < tuple_(literal(after[0], t.UTCDateTime()), literal(after[1]))
+        )
+    return (
+        query.with_hint(c, f"INDEXED BY {_index_for(f)}", "sqlite")
+        .order_by(c.c.last_activity_at.desc(), c.c.id.desc())
+        .limit(limit + 1)
+    )
+
+
 class InboxQueries(StoreBase):
     async def list_conversations(
         self,
@@ -161,19 +178,7 @@ class InboxQueries(StoreBase):
         after: tuple[datetime, str] | None = None,
     ) -> ConversationPage:
         """Newest activity first; `after` is the (last_activity_at, id) the previous page ended on."""
-        c = t.conversations
-        query = select(*_conversation_columns()).select_from(c)
-        query = _with_user(query, user_id).where(*_filters(workspace_id, f))
-        if after is not None:
-            query = query.where(
-                tuple_(c.c.last_activity_at, c.c.id)
-                < tuple_(literal(after[0], t.UTCDateTime()), literal(after[1]))
-            )
-        query = (
-            query.with_hint(c, f"INDEXED BY {_index_for(f)}", "sqlite")
-            .order_by(c.c.last_activity_at.desc(), c.c.id.desc())
-            .limit(limit + 1)
-        )
+        query = conversation_list_query(workspace_id, user_id, f, limit=limit, after=after)
         async with self.read() as conn:
             rows = list((await conn.execute(query)).all())
         more = len(rows) > limit
