@@ -1,10 +1,13 @@
 """Run every benchmark with sane defaults, then print a summary table.
 
     python -m bench [--duration 20] [--connections 64] [--messages 1000000] [--quick] [--skip-memory]
+                    [--skip-api]
 
 `make bench` runs this.  --quick: 10 s of load and 100k stored messages instead of 20 s and 1M.
 The full run takes about 20 minutes, most of it filling 1M messages (about 1,000 msgs/s at 3f69d5f, because
 ingest gets slower as the database grows; see bench/micro.py and `bench.ingest --whatif index-in`).
+The inbox API run (bench/api.py: GET /api/v1/conversations and q= search on --messages messages in a tenth
+as many conversations) fills its own database with SQL directly, in about a minute for 1M.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import ingest, memory
+from bench import api, ingest, memory
 from bench._common import mib, ms, print_table
 
 TARGET_RATE = 3000
@@ -48,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="shorter runs: 10 s of load, 100k messages")
     p.add_argument("--skip-memory", action="store_true", help="only the ingest runs")
     p.add_argument("--skip-redis", action="store_true", help="no run with Redis")
+    p.add_argument("--skip-api", action="store_true", help="no inbox API run (bench/api.py)")
     args = p.parse_args(argv)
     duration = args.duration or (10.0 if args.quick else 20.0)
     messages = args.messages or (100_000 if args.quick else 1_000_000)
@@ -65,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     mem: dict[str, Any] | None = None
     if not args.skip_memory:
         mem = memory.run(messages=messages)
+        print()
+    api_run: dict[str, Any] | None = None
+    if not args.skip_api:
+        api_run = api.run(messages=messages, conversations=max(1, messages // 10),
+                          duration=3.0 if args.quick else 5.0, show_sql=False)
         print()
 
     print(f"== summary ({time.perf_counter() - started:.0f}s; target: >= {TARGET_RATE} msgs/s with p99 < "
@@ -106,7 +115,24 @@ def main(argv: list[str] | None = None) -> int:
              f"first {mem['fill_first_rate']:.0f} -> last {mem['fill_last_rate']:.0f} msgs/s"),
             ("DB size on disk", mib(mem["db_bytes"])),
         ])
-    return 0 if all(run.ok for run in runs) else 1
+    if api_run is not None:
+        print()
+        print(f"   inbox API on {api_run['messages']} messages in {api_run['conversations']} conversations, "
+              f"{api_run['concurrency']} concurrent clients (target: list p99 < {api.LIST_P99_TARGET_MS:g} ms, "
+              f"search p95 < {api.SEARCH_P95_TARGET_MS:g} ms)")
+        print_table(
+            [
+                [
+                    s["name"], str(s["items"]), f"{s['seq_p50_ms']:.1f}", f"{s['p50_ms']:.1f}",
+                    f"{s['p95_ms']:.1f}", f"{s['p99_ms']:.1f}", f"{s['rps']:.0f}", str(s["errors"]),
+                    "target met" if s["met"] else "below target",
+                ]
+                for s in api_run["scenarios"]
+            ],
+            header=["GET /api/v1/conversations", "items", "seq p50", "p50", "p95", "p99", "req/s", "errors", "note"],
+        )
+    api_ok = api_run is None or all(s["errors"] == 0 for s in api_run["scenarios"])
+    return 0 if all(run.ok for run in runs) and api_ok else 1
 
 
 if __name__ == "__main__":

@@ -253,25 +253,7 @@ class Store(InboxQueries, AdminQueries, ContactQueries):
     async def create_channel_account(
         self, workspace_id: str, kind: str, name: str, config: dict[str, Any], secrets: dict[str, str]
     ) -> str:
-        account_id = new_id()
-        now = utcnow()
-        try:
-            async with self.write() as conn:
-                await conn.execute(
-                    insert(t.channel_accounts).values(
-                        id=account_id,
-                        workspace_id=workspace_id,
-                        kind=kind,
-                        name=name,
-                        config=config,
-                        secrets=self.secret_box.encrypt(secrets) if secrets else None,
-                        created_at=now,
-                        updated_at=now,
-                    )
-                )
-        except IntegrityError as exc:
-            raise Conflict(f"a channel named {name!r} exists already in this workspace") from exc
-        return account_id
+        return (await self.create_channel(workspace_id, kind, name, config, secrets)).id
 
     async def get_channel_account(self, account_id: str, workspace_id: str | None = None) -> ChannelAccount:
         query = select(t.channel_accounts).where(t.channel_accounts.c.id == account_id)
