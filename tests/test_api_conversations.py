@@ -425,3 +425,31 @@ async def test_thread_keys_keep_replies_in_one_conversation_in_the_list(inbox: I
     items = (await inbox.agent.get("/conversations")).body["items"]
     assert [i["id"] for i in items] == [first, second]
     assert items[0]["message_count"] == 2
+
+
+async def test_label_filter_gives_the_same_pages_through_either_plan(
+    inbox: Inbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aggregator.store import inbox as inbox_queries
+
+    labelled = []
+    for n in range(9):
+        conversation = await inbox.message(f"lb{n}", sender=f"lb{n}")
+        if n % 3 != 1:
+            await inbox.agent.patch(f"/conversations/{conversation}", {"labels": ["vip"]})
+            labelled.append(conversation)
+
+    async def pages() -> list[str]:
+        seen: list[str] = []
+        cursor: str | None = None
+        while True:
+            params = {"label": "vip", "limit": "2"} | ({"cursor": cursor} if cursor else {})
+            body = (await inbox.agent.get("/conversations", **params)).body
+            seen += [item["id"] for item in body["items"]]
+            if (cursor := body["next_cursor"]) is None:
+                return seen
+
+    rare = await pages()
+    monkeypatch.setattr(inbox_queries, "RARE_LABEL", 0)
+    common = await pages()
+    assert rare == common == list(reversed(labelled))
