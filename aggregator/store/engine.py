@@ -67,6 +67,16 @@ def create_sqlite_writer(url: str) -> Engine | None:
     return engine
 
 
+def create_sqlite_reader(url: str) -> Engine | None:
+    """For SQLite, a synchronous engine for the reader threads (see StoreBase.read_sync); else None."""
+    if not url.startswith("sqlite+aiosqlite:"):
+        return None
+    sync_url = url.replace("sqlite+aiosqlite:", "sqlite:", 1)
+    engine = sa_create_engine(sync_url, pool_size=4, max_overflow=0)
+    _sqlite_setup(engine)
+    return engine
+
+
 def alembic_config() -> Config:
     # Alembic is imported when a migration runs, not by every process that opens the store
     # (it is about 10 MiB of a writer process's memory otherwise).

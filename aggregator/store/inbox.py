@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    Connection,
     Select,
     and_,
     delete,
@@ -200,6 +201,75 @@ def conversation_list_query(
     return query.order_by(c.c.last_activity_at.desc(), c.c.id.desc()).limit(limit + 1)
 
 
+def _search(
+    conn: Connection,
+    workspace_id: str,
+    user_id: str,
+    f: ConversationFilter,
+    match: str,
+    *,
+    limit: int,
+    before_rowid: int | None,
+) -> ConversationPage:
+    c = t.conversations
+    found: list[Row[Any]] = []
+    seen: set[str] = set()
+    position = before_rowid
+    for _ in range(SEARCH_CHUNKS_PER_PAGE):
+        params: dict[str, Any] = {"q": match, "ws": workspace_id, "n": SEARCH_CHUNK}
+        bound = ""
+        if position is not None:
+            bound = "AND rowid < :before "
+            params["before"] = position
+        chunk = conn.execute(
+            text(
+                "SELECT rowid, conversation_id FROM search_index WHERE search_index MATCH :q "
+                "AND workspace_id = :ws AND conversation_id IS NOT NULL "
+                f"{bound}ORDER BY rowid DESC LIMIT :n"
+            ),
+            params,
+        ).all()
+        if not chunk:
+            return ConversationPage(found, None)
+        newest: dict[str, int] = {}
+        for rowid, conversation_id in chunk:
+            if conversation_id not in seen:
+                seen.add(conversation_id)
+                newest[conversation_id] = int(rowid)
+        if newest and before_rowid is not None:
+            # Listed on an earlier page already: it has a newer match than where this page began.
+            earlier = conn.execute(
+                text(
+                    "SELECT DISTINCT conversation_id FROM search_index WHERE search_index MATCH :q "
+                    "AND rowid >= :start AND workspace_id = :ws"
+                ),
+                {"q": match, "start": before_rowid, "ws": workspace_id},
+            )
+            for (conversation_id,) in earlier:
+                newest.pop(conversation_id, None)
+        candidates = list(newest)
+        # Looked up in order, a few more than still needed at a time: a common word brings hundreds of
+        # candidates, and building each row costs more than finding it.
+        while candidates and len(found) < limit:
+            size = max(8, 2 * (limit - len(found)))
+            batch, candidates = candidates[:size], candidates[size:]
+            query = _with_user(select(*_conversation_columns()).select_from(c), user_id).where(
+                *_filters(workspace_id, f, indexed=False), c.c.id.in_(batch)
+            )
+            by_id = {row.id: row for row in conn.execute(query).all()}
+            for conversation_id in batch:
+                row = by_id.get(conversation_id)
+                if row is not None:
+                    found.append(row)
+                    if len(found) == limit:
+                        # Go on right after this conversation's newest match, not after the whole chunk.
+                        return ConversationPage(found, (newest[conversation_id],))
+        position = int(chunk[-1][0])
+        if len(chunk) < SEARCH_CHUNK:
+            return ConversationPage(found, None)
+    return ConversationPage(found, (position,) if position is not None else None)
+
+
 class InboxQueries(StoreBase):
     async def list_conversations(
         self,
@@ -211,7 +281,8 @@ class InboxQueries(StoreBase):
         after: tuple[datetime, str] | None = None,
     ) -> ConversationPage:
         """Newest activity first; `after` is the (last_activity_at, id) the previous page ended on."""
-        async with self.read() as conn:
+
+        def work(conn: Connection) -> ConversationPage:
             rare = False
             if f.label is not None:
                 cl = t.conversation_labels
@@ -221,13 +292,14 @@ class InboxQueries(StoreBase):
                     .limit(RARE_LABEL + 1)
                     .subquery()
                 )
-                rare = (await conn.execute(select(func.count()).select_from(counted))).scalar_one() <= RARE_LABEL
+                rare = conn.execute(select(func.count()).select_from(counted)).scalar_one() <= RARE_LABEL
             query = conversation_list_query(workspace_id, user_id, f, limit=limit, after=after, rare_label=rare)
-            rows = list((await conn.execute(query)).all())
-        more = len(rows) > limit
-        rows = rows[:limit]
-        cursor = (rows[-1].last_activity_at, rows[-1].id) if more else None
-        return ConversationPage(rows, cursor)
+            rows = list(conn.execute(query).all())
+            more = len(rows) > limit
+            rows = rows[:limit]
+            return ConversationPage(rows, (rows[-1].last_activity_at, rows[-1].id) if more else None)
+
+        return await self.read_sync(work)
 
     async def search_conversations(
         self,
@@ -248,79 +320,17 @@ class InboxQueries(StoreBase):
         match = fts_query(q)
         if match is None:
             return ConversationPage([], None)
-        c = t.conversations
-        found: list[Row[Any]] = []
-        seen: set[str] = set()
-        position = before_rowid
-        exhausted = False
-        async with self.read() as conn:
-            for _ in range(SEARCH_CHUNKS_PER_PAGE):
-                params: dict[str, Any] = {"q": match, "ws": workspace_id, "n": SEARCH_CHUNK}
-                bound = ""
-                if position is not None:
-                    bound = "AND rowid < :before "
-                    params["before"] = position
-                chunk = (
-                    await conn.execute(
-                        text(
-                            "SELECT rowid, conversation_id FROM search_index WHERE search_index MATCH :q "
-                            "AND workspace_id = :ws AND conversation_id IS NOT NULL "
-                            f"{bound}ORDER BY rowid DESC LIMIT :n"
-                        ),
-                        params,
-                    )
-                ).all()
-                if not chunk:
-                    exhausted = True
-                    break
-                ordered: list[str] = []
-                for _rowid, conversation_id in chunk:
-                    if conversation_id not in seen:
-                        seen.add(conversation_id)
-                        ordered.append(conversation_id)
-                position = int(chunk[-1][0])
-                if ordered and before_rowid is not None:
-                    # Listed on an earlier page already: it has a newer match than where this page began.
-                    earlier = await conn.execute(
-                        text(
-                            "SELECT DISTINCT conversation_id FROM search_index WHERE search_index MATCH :q "
-                            "AND rowid >= :start AND workspace_id = :ws"
-                        ),
-                        {"q": match, "start": before_rowid, "ws": workspace_id},
-                    )
-                    shown = {row[0] for row in earlier}
-                    ordered = [cid for cid in ordered if cid not in shown]
-                if ordered:
-                    query = _with_user(select(*_conversation_columns()).select_from(c), user_id).where(
-                        *_filters(workspace_id, f, indexed=False), c.c.id.in_(ordered)
-                    )
-                    by_id = {row.id: row for row in (await conn.execute(query)).all()}
-                    for conversation_id in ordered:
-                        row = by_id.get(conversation_id)
-                        if row is not None:
-                            found.append(row)
-                            if len(found) == limit:
-                                break
-                if len(found) >= limit:
-                    # Continue right after the last conversation listed, not after the whole chunk.
-                    last = found[-1].id
-                    for rowid, conversation_id in chunk:
-                        if conversation_id == last:
-                            position = int(rowid)
-                            break
-                    break
-                if len(chunk) < SEARCH_CHUNK:
-                    exhausted = True
-                    break
-        return ConversationPage(found, None if exhausted else (position,))
+        return await self.read_sync(
+            lambda conn: _search(conn, workspace_id, user_id, f, match, limit=limit, before_rowid=before_rowid)
+        )
+
 
     async def get_conversation(self, workspace_id: str, user_id: str, conversation_id: str) -> Any:
         c = t.conversations
         query = _with_user(select(*_conversation_columns()).select_from(c), user_id).where(
             c.c.id == conversation_id, c.c.workspace_id == workspace_id
         )
-        async with self.read() as conn:
-            row = (await conn.execute(query)).first()
+        row = await self.read_sync(lambda conn: conn.execute(query).first())
         if row is None:
             raise NotFound(f"no conversation with id {conversation_id!r}")
         return row
@@ -489,23 +499,18 @@ class InboxQueries(StoreBase):
     ) -> tuple[list[Any], dict[str, list[Any]], tuple[datetime, str] | None]:
         """The newest `limit` messages before `before`, oldest first; with their attachments by message."""
         m, a, co, u = t.messages, t.attachments, t.contacts, t.users
-        async with self.read() as conn:
-            exists_row = (
-                await conn.execute(
-                    select(t.conversations.c.id).where(
-                        t.conversations.c.id == conversation_id,
-                        t.conversations.c.workspace_id == workspace_id,
-                    )
+
+        def work(conn: Connection) -> tuple[list[Any], dict[str, list[Any]], bool]:
+            conversations = t.conversations
+            found = conn.execute(
+                select(conversations.c.id).where(
+                    conversations.c.id == conversation_id, conversations.c.workspace_id == workspace_id
                 )
             ).first()
-            if exists_row is None:
+            if found is None:
                 raise NotFound(f"no conversation with id {conversation_id!r}")
             query = (
-                select(
-                    *m.c,
-                    co.c.name.label("contact_name"),
-                    u.c.name.label("user_name"),
-                )
+                select(*m.c, co.c.name.label("contact_name"), u.c.name.label("user_name"))
                 .outerjoin(co, co.c.id == m.c.sender_contact_id)
                 .outerjoin(u, u.c.id == m.c.sender_user_id)
                 .where(m.c.conversation_id == conversation_id)
@@ -515,21 +520,17 @@ class InboxQueries(StoreBase):
                     tuple_(m.c.created_at, m.c.id)
                     < tuple_(literal(before[0], t.UTCDateTime()), literal(before[1]))
                 )
-            rows = list(
-                (
-                    await conn.execute(query.order_by(m.c.created_at.desc(), m.c.id.desc()).limit(limit + 1))
-                ).all()
-            )
+            rows = list(conn.execute(query.order_by(m.c.created_at.desc(), m.c.id.desc()).limit(limit + 1)).all())
             more = len(rows) > limit
             rows = rows[:limit]
-            attachments: dict[str, list[Any]] = {}
+            files: dict[str, list[Any]] = {}
             if rows:
-                for row in (
-                    await conn.execute(
-                        select(a).where(a.c.message_id.in_([r.id for r in rows])).order_by(a.c.id)
-                    )
-                ).all():
-                    attachments.setdefault(row.message_id, []).append(row)
+                listed = select(a).where(a.c.message_id.in_([r.id for r in rows])).order_by(a.c.id)
+                for row in conn.execute(listed).all():
+                    files.setdefault(row.message_id, []).append(row)
+            return rows, files, more
+
+        rows, attachments, more = await self.read_sync(work)
         cursor = (rows[-1].created_at, rows[-1].id) if more else None
         rows.reverse()
         return rows, attachments, cursor

@@ -97,6 +97,7 @@ class Store(InboxQueries, AdminQueries, ContactQueries):
     async def close(self) -> None:
         if self._writer is not None:
             await self._writer.close()
+        await self.close_reader()
         await self.engine.dispose()
 
     async def ping(self) -> None:
@@ -213,18 +214,17 @@ class Store(InboxQueries, AdminQueries, ContactQueries):
             return int((await conn.execute(query)).scalar_one())
 
     async def authenticate(self, token: str) -> TokenInfo | None:
-        async with self.read() as conn:
-            row = (
-                await conn.execute(
-                    select(t.api_tokens)
-                    .join(t.users, t.users.c.id == t.api_tokens.c.user_id)
-                    .where(
-                        t.api_tokens.c.token_hash == hash_token(token),
-                        t.api_tokens.c.revoked_at.is_(None),
-                        t.users.c.deactivated_at.is_(None),
-                    )
-                )
-            ).first()
+        """The live token's id, workspace, user and role; None for an unknown, revoked or deactivated one."""
+        query = (
+            select(t.api_tokens.c.id, t.api_tokens.c.workspace_id, t.api_tokens.c.user_id, t.api_tokens.c.role)
+            .join(t.users, t.users.c.id == t.api_tokens.c.user_id)
+            .where(
+                t.api_tokens.c.token_hash == hash_token(token),
+                t.api_tokens.c.revoked_at.is_(None),
+                t.users.c.deactivated_at.is_(None),
+            )
+        )
+        row = await self.read_sync(lambda conn: conn.execute(query).first())
         if row is None:
             return None
         return TokenInfo(row.id, row.workspace_id, row.user_id, Role(row.role))
