@@ -68,31 +68,36 @@ class ConversationOut(OutModel):
 
     @classmethod
     def from_row(cls, row: Any) -> ConversationOut:
-        return cls(
-            id=row.id,
-            status=row.status,
-            priority=row.priority,
-            channel=ChannelRef(id=row.channel_account_id, kind=row.channel_kind, name=row.channel_name),
-            contact=ContactRef(id=row.contact_id, name=row.contact_name, email=row.contact_email),
-            assignee_id=row.assignee_id,
-            team_id=row.team_id,
-            labels=list(row.labels or []),
-            language=row.language,
-            subject=row.subject,
-            last_message=LastMessage(
-                preview=row.last_message_preview,
-                direction=row.last_message_direction,
-                at=row.last_activity_at,
-            ),
-            unread_count=unread(row),
-            message_count=row.message_count,
-            sla_due_at=row.sla_due_at,
-            snoozed_until=row.snoozed_until,
-            resolved_at=row.resolved_at,
-            first_response_at=row.first_response_at,
-            created_at=row.created_at,
-            updated_at=row.updated_at,
-        )
+        return cls.model_validate(cls.data(row))
+
+    @staticmethod
+    def data(row: Any) -> dict[str, Any]:
+        """The item as plain data: a page validates all of them in one call (100 model inits cost 0.6 ms)."""
+        return {
+            "id": row.id,
+            "status": row.status,
+            "priority": row.priority,
+            "channel": {"id": row.channel_account_id, "kind": row.channel_kind, "name": row.channel_name},
+            "contact": {"id": row.contact_id, "name": row.contact_name, "email": row.contact_email},
+            "assignee_id": row.assignee_id,
+            "team_id": row.team_id,
+            "labels": row.labels or [],
+            "language": row.language,
+            "subject": row.subject,
+            "last_message": {
+                "preview": row.last_message_preview,
+                "direction": row.last_message_direction,
+                "at": row.last_activity_at,
+            },
+            "unread_count": unread(row),
+            "message_count": row.message_count,
+            "sla_due_at": row.sla_due_at,
+            "snoozed_until": row.snoozed_until,
+            "resolved_at": row.resolved_at,
+            "first_response_at": row.first_response_at,
+            "created_at": row.created_at,
+            "updated_at": row.updated_at,
+        }
 
 
 class ConversationPage(OutModel):
