@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from aiohttp import web
-from pydantic import ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BeforeValidator, ConfigDict, Field, StringConstraints, field_validator
 
 from aggregator.api.conversations import publish
 from aggregator.api.framework import (
@@ -24,6 +24,7 @@ from aggregator.api.framework import (
     encode_cursor,
     json_response,
     not_found,
+    not_null,
 )
 from aggregator.model import ConnectionState, Event, Role, utcnow
 from aggregator.store import ChannelAccount, Conflict
@@ -66,7 +67,18 @@ Language = Annotated[
     Field(description="a language code such as `en` or `pt-BR`"),
 ]
 Languages = Annotated[list[Language], Field(max_length=MAX_LANGUAGES)]
-Capacity = Annotated[int, Field(ge=0, le=10_000, description="open conversations the user takes at once")]
+
+
+def _integral(value: object) -> object:
+    """5.0 is the integer 5 in JSON (and to JSON Schema); the strict body validation refuses other floats."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Capacity = Annotated[
+    int,
+    Field(ge=0, le=10_000, description="open conversations the user takes at once"),
+    BeforeValidator(_integral),
+]
 
 
 def _not_null(value: object) -> object:
@@ -114,6 +126,11 @@ class PageQuery(ApiModel):
 
 
 NEXT_CURSOR = Field(description="pass as `cursor` for the next page; null on the last one")
+
+
+def _leave_out(description: str | None = None) -> Any:
+    """A PATCH field that keeps its value when left out and refuses null (_not_null): no null documented."""
+    return Field(None, description=description, json_schema_extra=not_null)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -173,11 +190,10 @@ class ChannelCreate(ApiModel):
 
 
 class ChannelPatch(ApiModel):
-    name: Name | None = None
-    enabled: bool | None = None
-    config: dict[str, Any] | None = Field(
-        None,
-        description="settings to change, merged over the stored ones: a secret left out keeps its value",
+    name: Name | None = _leave_out()
+    enabled: bool | None = _leave_out()
+    config: dict[str, Any] | None = _leave_out(
+        "settings to change, merged over the stored ones: a secret left out keeps its value"
     )
 
     _checked = field_validator("name", "enabled", "config")(_not_null)
@@ -405,11 +421,11 @@ class UserCreate(ApiModel):
 
 
 class UserPatch(ApiModel):
-    name: Name | None = None
-    email: Email | None = None
-    role: Role | None = Field(None, description="also changes the role of the user's tokens")
-    languages: Languages | None = None
-    capacity: Capacity | None = None
+    name: Name | None = _leave_out()
+    email: Email | None = _leave_out()
+    role: Role | None = _leave_out("also changes the role of the user's tokens")
+    languages: Languages | None = _leave_out()
+    capacity: Capacity | None = _leave_out()
 
     _checked = field_validator("name", "email", "role", "languages", "capacity")(_not_null)
 
@@ -575,9 +591,9 @@ class TeamCreate(ApiModel):
 
 
 class TeamPatch(ApiModel):
-    name: Name | None = None
-    languages: Languages | None = None
-    member_ids: MemberIds | None = Field(None, description="replaces the members")
+    name: Name | None = _leave_out()
+    languages: Languages | None = _leave_out()
+    member_ids: MemberIds | None = _leave_out("replaces the members")
 
     _checked = field_validator("name", "languages", "member_ids")(_not_null)
 

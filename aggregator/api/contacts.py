@@ -22,6 +22,7 @@ from aggregator.api.framework import (
     decode_cursor,
     encode_cursor,
     json_response,
+    not_null,
 )
 from aggregator.api.schemas import ChannelRef
 from aggregator.model import ConversationStatus, Event, utcnow
@@ -232,6 +233,7 @@ class ContactPatch(ApiModel):
         None,
         description=f"replaces the attributes (send {{}} to clear them); at most {MAX_ATTRIBUTE_KEYS} keys "
         f"and {MAX_ATTRIBUTES_BYTES} bytes as JSON",
+        json_schema_extra=not_null,
     )
 
     @field_validator("name")

@@ -22,6 +22,7 @@ from aggregator.api.framework import (
     decode_cursor,
     encode_cursor,
     json_response,
+    not_null,
 )
 from aggregator.api.schemas import (
     MAX_LABELS,
@@ -172,8 +173,10 @@ def _enum_schema(values: type[ConversationStatus] | type[Priority]) -> WithJsonS
 
 
 class ConversationPatch(ApiModel):
-    status: Annotated[ConversationStatus | None, _enum_schema(ConversationStatus)] = None
-    priority: Annotated[Priority | None, _enum_schema(Priority)] = None
+    status: Annotated[ConversationStatus | None, _enum_schema(ConversationStatus)] = Field(
+        None, json_schema_extra=not_null
+    )
+    priority: Annotated[Priority | None, _enum_schema(Priority)] = Field(None, json_schema_extra=not_null)
     assignee_id: Id | None = Field(None, description="a user id, or null to unassign")
     team_id: Id | None = Field(None, description="a team id, or null")
     labels: Annotated[
@@ -186,7 +189,7 @@ class ConversationPatch(ApiModel):
                 "description": "replaces the labels",
             }
         ),
-    ] = Field(None, max_length=MAX_LABELS)
+    ] = Field(None, max_length=MAX_LABELS, json_schema_extra=not_null)
     snooze_until: AwareDatetime | None = Field(
         None,
         description="snoozes the conversation until then (it reopens by itself, or on a new customer "

@@ -47,6 +47,24 @@ class ApiModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def not_null(schema: dict[str, Any]) -> None:
+    """`json_schema_extra` of a field that may be left out but not sent as null: no null in the document.
+
+    Pydantic documents `X | None = None` as `anyOf: [X, null]` with `default: null`; a field whose
+    validator refuses null must not offer it.
+    """
+    options = schema.pop("anyOf", None)
+    if isinstance(options, list):
+        rest = [option for option in options if option != {"type": "null"}]
+        if len(rest) == 1 and isinstance(rest[0], dict):
+            for key, value in rest[0].items():
+                schema.setdefault(key, value)
+        else:
+            schema["anyOf"] = rest
+    if "default" in schema and schema["default"] is None:
+        del schema["default"]
+
+
 class OutModel(BaseModel):
     """Response bodies."""
 
@@ -158,8 +176,10 @@ class Endpoint:
     response: type[BaseModel] | None
     query: type[ApiModel] | None = None
     body: type[ApiModel] | None = None
-    # A response that is not JSON (a file, an event stream): its media type.
+    # A response that is not JSON (a file, an event stream): its media type, and the schema documented
+    # for it (for an event stream, that of each event, as OpenAPI 3.2's itemSchema does).
     content_type: str | None = None
+    content_schema: dict[str, Any] | None = None
     # The stream: browsers' EventSource and WebSocket cannot set headers, so a query token is allowed.
     query_token: bool = False
     errors: tuple[int, ...] = ()
@@ -237,8 +257,18 @@ def _validation_error(exc: ValidationError, where: str) -> ApiError:
     return ApiError(400, "invalid_field", f"{field_name}: {message}", field_name)
 
 
-async def read_json_body(request: web.Request, limit: int = MAX_BODY_BYTES) -> Any:
-    """The request's JSON body, refusing more than `limit` bytes before reading them all."""
+def parse_json_body(raw: bytes) -> Any:
+    """The body as JSON; None when it is empty."""
+    if not raw.strip():
+        return None
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from exc
+
+
+async def read_body(request: web.Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The request's body, refusing more than `limit` bytes before reading them all."""
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, "body_too_large", f"the body is over the limit of {limit} bytes")
     chunks: list[bytes] = []
@@ -248,13 +278,7 @@ async def read_json_body(request: web.Request, limit: int = MAX_BODY_BYTES) -> A
         if size > limit:
             raise ApiError(413, "body_too_large", f"the body is over the limit of {limit} bytes")
         chunks.append(chunk)
-    raw = b"".join(chunks)
-    if not raw.strip():
-        return None
-    try:
-        return json.loads(raw)
-    except (ValueError, RecursionError) as exc:
-        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from exc
+    return b"".join(chunks)
 
 
 class Authenticator:
@@ -331,6 +355,7 @@ class Api:
         query: type[ApiModel] | None = None,
         body: type[ApiModel] | None = None,
         content_type: str | None = None,
+        content_schema: dict[str, Any] | None = None,
         query_token: bool = False,
         errors: tuple[int, ...] = (),
         description: str = "",
@@ -349,6 +374,7 @@ class Api:
                     query,
                     body,
                     content_type,
+                    content_schema,
                     query_token,
                     errors,
                     description,
@@ -425,13 +451,16 @@ def _wrap(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamRes
                 name = next(iter(request.query))
                 raise ApiError(400, "unknown_field", f"{name}: unknown query parameter", name)
             if endpoint.body is not None:
-                payload = await read_json_body(request)
+                raw = await read_body(request)
+                payload = parse_json_body(raw)
                 if payload is None:
                     raise ApiError(400, "missing_body", "this request needs a JSON object as its body")
                 if not isinstance(payload, dict):
                     raise ApiError(400, "invalid_json", "the body must be a JSON object")
                 try:
-                    call.body = endpoint.body.model_validate(payload)
+                    # Strict, as JSON: a wrong type is an error, not converted (0 is no boolean, "5"
+                    # and true are no integers, a number is no date-time), as the document says.
+                    call.body = endpoint.body.model_validate_json(raw, strict=True)
                 except ValidationError as exc:
                     raise _validation_error(exc, "body") from exc
             return await endpoint.handler(call)
@@ -521,7 +550,8 @@ def build_openapi(api: Api) -> dict[str, Any]:
         responses: dict[str, Any] = {}
         success: dict[str, Any] = {"description": "success"}
         if endpoint.content_type is not None:
-            success["content"] = {endpoint.content_type: {"schema": {"type": "string"}}}
+            schema = endpoint.content_schema if endpoint.content_schema is not None else {"type": "string"}
+            success["content"] = {endpoint.content_type: {"schema": schema}}
         elif endpoint.response is not None:
             success["content"] = {"application/json": {"schema": ref(endpoint.response, "serialization")}}
         responses[str(endpoint.status)] = success

@@ -7,7 +7,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from aiohttp import WSMsgType, web
 from aiohttp_sse import EventSourceResponse
@@ -85,6 +85,33 @@ is withdrawn (`left`) when the socket closes.
 """
 
 
+# What the document says of each Server-Sent Event (the WebSocket frames carry the same `data`).
+SSE_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "description": "the event's type"},
+        "id": {"type": "string", "description": "the id to resume after (Last-Event-ID)"},
+        "retry": {"type": "integer", "minimum": 0},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {
+                "type": "object",
+                "required": ["type"],
+                "properties": {
+                    "type": {"type": "string"},
+                    "id": {"type": "string"},
+                    "conversation_id": {"type": "string"},
+                    "message_id": {"type": "string"},
+                },
+                "additionalProperties": True,
+            },
+        },
+    },
+}
+
+
 class StreamQuery(ApiModel):
     last_event_id: str | None = Field(
         None,
@@ -103,6 +130,7 @@ class StreamQuery(ApiModel):
     roles=ALL_ROLES,
     query=StreamQuery,
     content_type="text/event-stream",
+    content_schema=SSE_EVENT_SCHEMA,
     query_token=True,
     description=STREAM_DESCRIPTION,
 )

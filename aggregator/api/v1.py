@@ -17,6 +17,7 @@ meta = Api()
     tag="meta",
     roles=None,
     content_type="application/json",
+    content_schema={"type": "object", "required": ["openapi", "info", "paths"]},
 )
 async def get_openapi(call: Call) -> web.StreamResponse:
     return web.json_response(call.request.app[API].openapi())
