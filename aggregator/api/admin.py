@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 from aiohttp import web
@@ -20,11 +20,11 @@ from aggregator.api.framework import (
     ApiModel,
     Call,
     OutModel,
-    decode_cursor,
-    encode_cursor,
     json_response,
     not_found,
     not_null,
+    parse_time_cursor,
+    time_cursor,
 )
 from aggregator.model import ConnectionState, Event, Role, utcnow
 from aggregator.store import ChannelAccount, Conflict
@@ -39,7 +39,6 @@ from aggregator.store.admin import (
     UserChange,
     UserRecord,
 )
-from aggregator.store.schema import TIME_FORMAT
 from aggregator.tokens import hash_token, new_token
 from channels.base import ChannelConfig, CheckResult, ConfigInvalid, UnknownChannelKind
 
@@ -102,22 +101,8 @@ def _conflicts(field: str, last_admin_field: str | None = "role") -> Iterator[No
         raise ApiError(409, "conflict", str(exc), field) from exc
 
 
-def _cursor(at: datetime, record_id: str) -> str:
-    return encode_cursor([at.strftime(TIME_FORMAT), record_id])
-
-
-def _after(cursor: str | None) -> Cursor | None:
-    if cursor is None:
-        return None
-    at, record_id = decode_cursor(cursor, 2)
-    try:
-        return datetime.strptime(str(at), TIME_FORMAT).replace(tzinfo=UTC), str(record_id)
-    except ValueError:
-        raise ApiError(400, "invalid_cursor", "cursor is not one this API gave out", "cursor") from None
-
-
 def _next(cursor: Cursor | None) -> str | None:
-    return None if cursor is None else _cursor(*cursor)
+    return None if cursor is None else time_cursor(*cursor)
 
 
 class PageQuery(ApiModel):
@@ -243,7 +228,7 @@ def _account(record: ChannelRecord) -> ChannelAccount:
 )
 async def list_channels(call: Call) -> web.StreamResponse:
     query = call.query_as(PageQuery)
-    page = await call.store.list_channels(call.workspace_id, limit=query.limit, after=_after(query.cursor))
+    page = await call.store.list_channels(call.workspace_id, limit=query.limit, after=parse_time_cursor(query.cursor))
     return json_response(
         ChannelPage(
             items=[ChannelOut.from_record(r) for r in page.items], next_cursor=_next(page.next_cursor)
@@ -445,7 +430,7 @@ async def list_users(call: Call) -> web.StreamResponse:
         call.workspace_id,
         include_deactivated=query.include_deactivated,
         limit=query.limit,
-        after=_after(query.cursor),
+        after=parse_time_cursor(query.cursor),
     )
     return json_response(
         UserPage(items=[UserOut.from_record(r) for r in page.items], next_cursor=_next(page.next_cursor))
@@ -601,7 +586,7 @@ class TeamPatch(ApiModel):
 @api.endpoint("GET", "/teams", summary="Teams", tag="admin", roles=ADMIN, query=PageQuery, response=TeamPage)
 async def list_teams(call: Call) -> web.StreamResponse:
     query = call.query_as(PageQuery)
-    page = await call.store.list_teams(call.workspace_id, limit=query.limit, after=_after(query.cursor))
+    page = await call.store.list_teams(call.workspace_id, limit=query.limit, after=parse_time_cursor(query.cursor))
     return json_response(
         TeamPage(items=[TeamOut.from_record(r) for r in page.items], next_cursor=_next(page.next_cursor))
     )
@@ -741,7 +726,7 @@ async def list_tokens(call: Call) -> web.StreamResponse:
         include_revoked=query.include_revoked,
         user_id=query.user_id,
         limit=query.limit,
-        after=_after(query.cursor),
+        after=parse_time_cursor(query.cursor),
     )
     return json_response(
         TokenPage(items=[TokenOut.from_record(r) for r in page.items], next_cursor=_next(page.next_cursor))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 from aiohttp import web
@@ -15,14 +15,16 @@ from aggregator.api.framework import (
     ALL_ROLES,
     STAFF,
     Api,
-    ApiError,
     ApiModel,
     Call,
     OutModel,
     decode_cursor,
     encode_cursor,
+    invalid_cursor,
     json_response,
     not_null,
+    parse_time_cursor,
+    time_cursor,
 )
 from aggregator.api.schemas import ChannelRef
 from aggregator.model import ConversationStatus, Event, utcnow
@@ -33,7 +35,6 @@ from aggregator.store.contacts import (
     ContactRecord,
     SearchPosition,
 )
-from aggregator.store.schema import TIME_FORMAT
 
 api = Api()
 
@@ -128,24 +129,6 @@ class ContactDetail(ContactOut):
         )
 
 
-def _invalid_cursor() -> ApiError:
-    return ApiError(
-        400, "invalid_cursor", "cursor is not one this API gave out; start again without it", "cursor"
-    )
-
-
-def _time_cursor(at: datetime, record_id: str) -> str:
-    return encode_cursor([at.strftime(TIME_FORMAT), record_id])
-
-
-def _parse_time_cursor(cursor: str) -> tuple[datetime, str]:
-    at, record_id = decode_cursor(cursor, 2)
-    try:
-        return datetime.strptime(str(at), TIME_FORMAT).replace(tzinfo=UTC), str(record_id)
-    except ValueError:
-        raise _invalid_cursor() from None
-
-
 def _search_cursor(position: SearchPosition) -> str:
     if position.phase == "identity":
         return encode_cursor(["i", position.identity_id])
@@ -158,7 +141,7 @@ def _parse_search_cursor(cursor: str) -> SearchPosition:
         return SearchPosition("identity", identity_id=value)
     if phase == "n" and isinstance(value, int) and value > 0:
         return SearchPosition("name", rowid=value)
-    raise _invalid_cursor()
+    raise invalid_cursor()
 
 
 class ContactQuery(ApiModel):
@@ -194,10 +177,10 @@ async def list_contacts(call: Call) -> web.StreamResponse:
         if page.next_position is not None:
             next_cursor = _search_cursor(page.next_position)
     else:
-        since = _parse_time_cursor(query.cursor) if query.cursor is not None else None
+        since = parse_time_cursor(query.cursor)
         page = await call.store.list_contacts(call.workspace_id, limit=query.limit, after=since)
         if page.next_cursor is not None:
-            next_cursor = _time_cursor(*page.next_cursor)
+            next_cursor = time_cursor(*page.next_cursor)
     return json_response(
         ContactPage(items=[ContactOut.from_record(r) for r in page.items], next_cursor=next_cursor)
     )

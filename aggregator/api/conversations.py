@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Annotated
 
 from aiohttp import hdrs, web
@@ -23,6 +23,8 @@ from aggregator.api.framework import (
     encode_cursor,
     json_response,
     not_null,
+    parse_time_cursor,
+    time_cursor,
 )
 from aggregator.api.schemas import (
     MAX_LABELS,
@@ -36,7 +38,6 @@ from aggregator.api.schemas import (
 from aggregator.bus import BusUnavailable
 from aggregator.model import ConversationStatus, Event, Priority, utcnow
 from aggregator.store.inbox import ConversationChange, ConversationFilter
-from aggregator.store.schema import TIME_FORMAT
 
 log = logging.getLogger(__name__)
 
@@ -52,18 +53,6 @@ async def publish(call: Call, event: Event) -> None:
     """Live events are best effort: the record is in SQL whatever the bus does."""
     with contextlib.suppress(BusUnavailable):
         await call.bus.publish(event)
-
-
-def _time_cursor(at: datetime, record_id: str) -> str:
-    return encode_cursor([at.strftime(TIME_FORMAT), record_id])
-
-
-def _parse_time_cursor(cursor: str) -> tuple[datetime, str]:
-    at, record_id = decode_cursor(cursor, 2)
-    try:
-        return datetime.strptime(str(at), TIME_FORMAT).replace(tzinfo=UTC), str(record_id)
-    except ValueError:
-        raise ApiError(400, "invalid_cursor", "cursor is not one this API gave out", "cursor") from None
 
 
 class ConversationQuery(ApiModel):
@@ -143,14 +132,16 @@ async def list_conversations(call: Call) -> web.StreamResponse:
         if page.next_cursor is not None:
             next_cursor = encode_cursor(list(page.next_cursor))
     else:
-        after = _parse_time_cursor(query.cursor) if query.cursor is not None else None
+        after = parse_time_cursor(query.cursor)
         page = await call.store.list_conversations(
             call.workspace_id, call.caller.user_id, filters, limit=query.limit, after=after
         )
         if page.next_cursor is not None:
-            next_cursor = _time_cursor(*page.next_cursor)
+            next_cursor = time_cursor(*page.next_cursor)
     return json_response(
-        ConversationPage(items=[ConversationOut.from_row(row) for row in page.rows], next_cursor=next_cursor)
+        ConversationPage.model_validate(
+            {"items": [ConversationOut.data(row) for row in page.rows], "next_cursor": next_cursor}
+        )
     )
 
 
@@ -276,14 +267,14 @@ class MessageQuery(ApiModel):
 )
 async def list_messages(call: Call) -> web.StreamResponse:
     query = call.query_as(MessageQuery)
-    before = _parse_time_cursor(query.cursor) if query.cursor is not None else None
+    before = parse_time_cursor(query.cursor)
     rows, files, cursor = await call.store.list_messages(
         call.workspace_id, call.path("id"), limit=query.limit, before=before
     )
     return json_response(
         MessagePage(
             items=[MessageOut.from_row(row, files.get(row.id, [])) for row in rows],
-            next_cursor=_time_cursor(*cursor) if cursor is not None else None,
+            next_cursor=time_cursor(*cursor) if cursor is not None else None,
         )
     )
 

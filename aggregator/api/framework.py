@@ -16,6 +16,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -28,6 +29,7 @@ from aggregator.bus import Bus
 from aggregator.channels import ChannelManager
 from aggregator.model import Role
 from aggregator.store import Conflict, Invalid, NotFound, Store, TokenInfo
+from aggregator.store.schema import format_time
 
 log = logging.getLogger(__name__)
 
@@ -243,6 +245,31 @@ def decode_cursor(cursor: str, arity: int) -> list[Any]:
             400, "invalid_cursor", "cursor is not one this API gave out; start again without it", "cursor"
         )
     return values
+
+
+def invalid_cursor() -> ApiError:
+    return ApiError(
+        400, "invalid_cursor", "cursor is not one this API gave out; start again without it", "cursor"
+    )
+
+
+def time_cursor(at: datetime, record_id: str) -> str:
+    """The cursor of a keyset position (a time, then an id to break ties)."""
+    return encode_cursor([format_time(at), record_id])
+
+
+def parse_time_cursor(cursor: str | None) -> tuple[datetime, str] | None:
+    """The keyset position a `time_cursor` carries (None for no cursor); 400 naming `cursor` otherwise."""
+    if cursor is None:
+        return None
+    at, record_id = decode_cursor(cursor, 2)
+    try:
+        parsed = datetime.fromisoformat(str(at))
+    except ValueError:
+        raise invalid_cursor() from None
+    if parsed.tzinfo is None:
+        raise invalid_cursor()
+    return parsed, str(record_id)
 
 
 def _validation_error(exc: ValidationError, where: str) -> ApiError:
