@@ -453,3 +453,15 @@ async def test_label_filter_gives_the_same_pages_through_either_plan(
     monkeypatch.setattr(inbox_queries, "RARE_LABEL", 0)
     common = await pages()
     assert rare == common == list(reversed(labelled))
+
+
+async def test_unknown_query_parameters_are_400_naming_them(inbox: Inbox) -> None:
+    conversation = await inbox.message("q1")
+    for path, params in [
+        (f"/conversations/{conversation}", {"expand": "all"}),
+        ("/conversations", {"limit": "5", "sort": "oldest"}),
+    ]:
+        reply = await inbox.agent.call("GET", path, params=params)
+        assert reply.status == 400
+        assert reply.body["error"]["code"] == "unknown_field"
+        assert reply.body["error"]["field"] in {"expand", "sort"}

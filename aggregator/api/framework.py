@@ -474,9 +474,10 @@ def _wrap(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamRes
                     call.query = endpoint.query.model_validate(values)
                 except ValidationError as exc:
                     raise _validation_error(exc, "query") from exc
-            elif any(k != "access_token" or not endpoint.query_token for k in request.query):
-                name = next(iter(request.query))
-                raise ApiError(400, "unknown_field", f"{name}: unknown query parameter", name)
+            else:
+                unknown = [k for k in request.query if k != "access_token" or not endpoint.query_token]
+                if unknown:
+                    raise ApiError(400, "unknown_field", f"{unknown[0]}: unknown query parameter", unknown[0])
             if endpoint.body is not None:
                 raw = await read_body(request)
                 payload = parse_json_body(raw)

@@ -645,15 +645,10 @@ class InboxQueries(StoreBase):
     async def channel_ids_of_kind(self, workspace_id: str, kind_or_id: str) -> tuple[str, ...]:
         """Channel account ids matching an id or a kind in this workspace (the `channel` filter)."""
         ca = t.channel_accounts
-        async with self.read() as conn:
-            rows = (
-                await conn.execute(
-                    select(ca.c.id).where(
-                        ca.c.workspace_id == workspace_id, (ca.c.id == kind_or_id) | (ca.c.kind == kind_or_id)
-                    )
-                )
-            ).scalars()
-            return tuple(rows)
+        query = select(ca.c.id).where(
+            ca.c.workspace_id == workspace_id, (ca.c.id == kind_or_id) | (ca.c.kind == kind_or_id)
+        )
+        return await self.read_sync(lambda conn: tuple(conn.execute(query).scalars()))
 
 
 def unread(row: Any) -> int:
