@@ -1,8 +1,8 @@
 """The SQL record: schema, migrations and queries."""
 
-from aggregator.store.base import Conflict, Invalid, NotFound
+from aggregator.store.base import ChannelAccount, Conflict, Invalid, NotFound
 from aggregator.store.ingest_batch import BatchOutcome, PreparedInbound, StoredAttachment
-from aggregator.store.store import ChannelAccount, OutboxItem, Store, TokenInfo, Workspace
+from aggregator.store.store import OutboxItem, Store, TokenInfo, Workspace
 
 __all__ = [
     "BatchOutcome",

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from aggregator.model import ConnectionState, ConversationStatus, Role, new_id, utcnow
 from aggregator.store import schema as t
-from aggregator.store.base import Conflict, Invalid, NotFound, StoreBase
+from aggregator.store.base import ChannelAccount, Conflict, Invalid, NotFound, StoreBase
 
 T = TypeVar("T")
 # Where a page ended: (created_at, id) of its last record.
@@ -95,16 +95,9 @@ class TokenRecord:
 
 
 @dataclass(frozen=True, slots=True)
-class ChannelRecord:
-    id: str
-    workspace_id: str
-    kind: str
-    name: str
-    config: dict[str, Any]
-    secrets: dict[str, str] = field(repr=False)
-    enabled: bool
-    state: str
-    state_detail: str | None
+class ChannelRecord(ChannelAccount):
+    """A channel account as the API shows it, with its times."""
+
     created_at: datetime
     updated_at: datetime
 
@@ -541,19 +534,9 @@ class AdminQueries(StoreBase):
     # Channel accounts
 
     def _channel(self, row: Any) -> ChannelRecord:
-        return ChannelRecord(
-            id=row.id,
-            workspace_id=row.workspace_id,
-            kind=row.kind,
-            name=row.name,
-            config=dict(row.config),
-            secrets=self.secret_box.decrypt(row.secrets) if row.secrets else {},
-            enabled=bool(row.enabled),
-            state=row.state,
-            state_detail=row.state_detail,
-            created_at=row.created_at,
-            updated_at=row.updated_at,
-        )
+        account = self._channel_account(row)
+        fields = {name: getattr(account, name) for name in ChannelAccount.__dataclass_fields__}
+        return ChannelRecord(**fields, created_at=row.created_at, updated_at=row.updated_at)
 
     async def _get_channel(self, conn: AsyncConnection, workspace_id: str, account_id: str) -> ChannelRecord:
         ca = t.channel_accounts

@@ -6,7 +6,8 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import TypeVar
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -36,6 +37,19 @@ class Invalid(Exception):
         self.field = field
 
 
+@dataclass(frozen=True, slots=True)
+class ChannelAccount:
+    id: str
+    workspace_id: str
+    kind: str
+    name: str
+    config: dict[str, Any]
+    secrets: dict[str, str] = field(repr=False)
+    enabled: bool
+    state: str
+    state_detail: str | None
+
+
 class StoreBase:
     def __init__(self, engine: AsyncEngine, secret_box: SecretBox, writer: BatchWriter | None = None) -> None:
         self.engine = engine
@@ -43,6 +57,19 @@ class StoreBase:
         self._writer = writer
         self._reader: Engine | None = create_sqlite_reader(engine.url.render_as_string(hide_password=False))
         self._reader_threads: ThreadPoolExecutor | None = None
+
+    def _channel_account(self, row: Any) -> ChannelAccount:
+        return ChannelAccount(
+            id=row.id,
+            workspace_id=row.workspace_id,
+            kind=row.kind,
+            name=row.name,
+            config=dict(row.config),
+            secrets=self.secret_box.decrypt(row.secrets) if row.secrets else {},
+            enabled=bool(row.enabled),
+            state=row.state,
+            state_detail=row.state_detail,
+        )
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:

@@ -22,7 +22,7 @@ from aggregator.model import (
 from aggregator.secrets import SecretBox
 from aggregator.store import schema as t
 from aggregator.store.admin import AdminQueries
-from aggregator.store.base import Conflict, NotFound
+from aggregator.store.base import ChannelAccount, Conflict, NotFound
 from aggregator.store.contacts import ContactQueries
 from aggregator.store.engine import create_engine, migrate
 from aggregator.store.inbox import InboxQueries
@@ -36,19 +36,6 @@ class Workspace:
     id: str
     name: str
     default_language: str
-
-
-@dataclass(frozen=True, slots=True)
-class ChannelAccount:
-    id: str
-    workspace_id: str
-    kind: str
-    name: str
-    config: dict[str, Any]
-    secrets: dict[str, str]
-    enabled: bool
-    state: str
-    state_detail: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,19 +223,6 @@ class Store(InboxQueries, AdminQueries, ContactQueries):
             )
 
     # Channel accounts
-
-    def _channel_account(self, row: Any) -> ChannelAccount:
-        return ChannelAccount(
-            id=row.id,
-            workspace_id=row.workspace_id,
-            kind=row.kind,
-            name=row.name,
-            config=dict(row.config),
-            secrets=self.secret_box.decrypt(row.secrets) if row.secrets else {},
-            enabled=bool(row.enabled),
-            state=row.state,
-            state_detail=row.state_detail,
-        )
 
     async def create_channel_account(
         self, workspace_id: str, kind: str, name: str, config: dict[str, Any], secrets: dict[str, str]
