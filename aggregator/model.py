@@ -6,7 +6,7 @@ import enum
 import os
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 
@@ -115,20 +115,45 @@ class MessageFlags:
 
 @dataclass(frozen=True, slots=True)
 class ThreadHints:
-    """How a message finds its conversation.
+    """How a message finds its conversation, strongest evidence first.
 
-    `keys` are looked up in order, strongest first (our own Message-ID or reply token, then
-    References / In-Reply-To, chat id, order id). `own_keys` are registered for the conversation the
-    message lands in, so later messages can find it. With no key matching, `by_contact` threads the
-    message into the contact's latest conversation on the same channel account.
-    `thread_ref` is the channel's own name of the thread (chat id, API thread_id), kept on a new
-    conversation so replies go back to the same place.
+    1. `conversation_refs`: conversations the channel names outright (our reply token in an email
+       address); `message_refs`: our own messages it answers (our Message-ID in In-Reply-To /
+       References). Either joins that conversation whoever the sender is (a colleague in copy too),
+       when it belongs to the same channel account.
+    2. `keys`: channel keys that name a thread for anyone (chat id, order id).
+    3. `contact_keys`: keys that only count for the same contact (other people's Message-IDs in
+       References): two customers replying to one newsletter must not end up in one conversation.
+    4. `subject_key` (a normalised subject): the same contact's latest conversation on this channel
+       account with that subject, active within `subject_window`.
+    5. `by_contact`: the contact's latest conversation on the same channel account.
+
+    `own_keys` (and the keys of steps 2 and 3) are registered for the conversation the message lands
+    in, so later messages can find it. `thread_ref` is the channel's own name of the thread (chat id,
+    API thread_id), kept on a new conversation so replies go back to the same place. `reply_refs` is
+    what a reply to this message must point at, oldest first (for email: its References, then its own
+    Message-ID).
     """
 
     keys: tuple[str, ...] = ()
     own_keys: tuple[str, ...] = ()
     by_contact: bool = True
     thread_ref: str | None = None
+    conversation_refs: tuple[str, ...] = ()
+    message_refs: tuple[str, ...] = ()
+    contact_keys: tuple[str, ...] = ()
+    subject_key: str | None = None
+    subject_window: timedelta | None = None
+    reply_refs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryReport:
+    """A report on one of our own sent messages (an email bounce): it becomes failed with `reason`."""
+
+    message_id: str
+    status: DeliveryStatus
+    reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +174,12 @@ class InboundMessage:
     flags: MessageFlags = field(default_factory=MessageFlags)
     raw: bytes | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # The new part of the text, without quoted history and signature (None: all of `text` is new).
+    reply_text: str | None = None
+    # Recognise a repeat by the raw original's hash too, not only by external id (mail re-numbered
+    # by its server after a UIDVALIDITY change).
+    dedup_by_content: bool = False
+    delivery_report: DeliveryReport | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +213,8 @@ class OutboundMessage:
     in_reply_to: str | None = None
     attachments: tuple[OutboundAttachment, ...] = ()
     automatic: bool = False
+    # What the conversation's latest inbound message asked replies to point at (ThreadHints.reply_refs).
+    references: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

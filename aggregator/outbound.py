@@ -190,6 +190,8 @@ class OutboxWorker:
             subject=item.subject,
             thread_ref=item.thread_ref,
             automatic=item.automatic,
+            in_reply_to=item.references[-1] if item.references else None,
+            references=item.references,
         )
         try:
             async with asyncio.timeout(self.settings.send_timeout_seconds):

@@ -69,6 +69,12 @@ class World:
         )
         return str(rows[0].id)
 
+    async def raw_message(self, side: Side) -> str:
+        result = await self.daemon.ingestor(
+            inbound(side.channel_id, new_id(), sender=new_id()[-8:], raw=b"Subject: x\r\n\r\n" + new_id().encode())
+        )
+        return result.message_id
+
     async def channel(self, side: Side) -> str:
         channel_id = await add_channel(self.daemon.store, side.workspace_id, {"secret": SECRET})
         assert self.daemon.channels is not None
@@ -143,7 +149,7 @@ ROLES: dict[str, frozenset[Role] | None] = {
     "patch_contact": STAFF,
     "merge_contact": STAFF,
     **{name: ALL for name in ("list_conversations", "get_conversation", "list_messages", "get_presence",
-                              "get_attachment", "list_contacts", "get_contact")},
+                              "get_attachment", "get_raw_message", "list_contacts", "get_contact")},
     **{
         f"{verb}_{noun}": ADMIN
         for noun in ("channel", "user", "team", "token")
@@ -164,6 +170,7 @@ CASES: dict[str, Make] = {
     "get_presence": on("conversation"),
     "post_presence": on("conversation", {"state": "viewing"}),
     "get_attachment": on("attachment"),
+    "get_raw_message": on("raw_message"),
     "list_contacts": plain(),
     "get_contact": on("contact"),
     "patch_contact": on("contact", {"name": "Renamed"}),

@@ -169,6 +169,7 @@ async def seed(daemon: Daemon, http: aiohttp.ClientSession) -> World:
     )
     ada = await message(shop, "m1", "ada", "Where is my parcel? Order 4711", subject="Parcel 4711")
     await message(shop, "m2", "ada", "Here is the photo", attachments=files)
+    await message(shop, "m2-raw", "ada", "Kept as received", raw=b"Subject: kept\r\n\r\nKept as received\r\n")
     bob = await message(
         shop,
         "m3",
@@ -222,6 +223,7 @@ async def seed(daemon: Daemon, http: aiohttp.ClientSession) -> World:
     checked(merged.status, 200, "merging dave into carl")
 
     attachments = [str(r.id) for r in await sql(store, "SELECT id FROM attachments ORDER BY workspace_id")]
+    raw_messages = [str(r.id) for r in await sql(store, "SELECT id FROM messages WHERE raw_ref IS NOT NULL")]
 
     async def cursor(path: str, **params: str) -> str:
         answer = await client.get(path, limit="1", **params)
@@ -241,6 +243,7 @@ async def seed(daemon: Daemon, http: aiohttp.ClientSession) -> World:
         ids={
             "conversation": conversation_ids,
             "attachment": attachments,
+            "raw_message": raw_messages,
             "contact": [ada_contact, bob_contact, carl_contact, dave_contact, far_contact],
             "channel": [shop, outlet, elsewhere],
             "channel_filter": [shop, "api", elsewhere, "email"],
@@ -306,6 +309,7 @@ BINDINGS: dict[str, dict[str, str]] = {
     "post_presence": {"path.id": "conversation"},
     "get_presence": {"path.id": "conversation"},
     "get_attachment": {"path.id": "attachment"},
+    "get_raw_message": {"path.id": "raw_message"},
     "list_contacts": {"query.q": "words", "query.cursor": "contact_cursor"},
     "get_contact": {"path.id": "contact"},
     "patch_contact": {"path.id": "contact"},

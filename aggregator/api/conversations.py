@@ -380,3 +380,31 @@ async def get_attachment(call: Call) -> web.StreamResponse:
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Content-Security-Policy"] = "sandbox; default-src 'none'"
     return response
+
+
+@api.endpoint(
+    "GET",
+    "/messages/{id}/raw",
+    summary="Download a message as it was received",
+    tag="conversations",
+    roles=ALL_ROLES,
+    content_type="*/*",
+    description="The original bytes (for email the .eml, headers included), always as a download "
+    "(`message/rfc822` for email) with `nosniff` and a sandboxing CSP.",
+)
+async def get_raw_message(call: Call) -> web.StreamResponse:
+    row, _ = await call.store.get_message_row(call.workspace_id, call.path("id"))
+    if not row.raw_ref:
+        raise ApiError(404, "no_raw", f"message {row.id!r} has no original kept (it was not received as one)")
+    path = call.attachments.path_for(row.raw_ref)
+    if not path.exists():
+        raise ApiError(404, "file_missing", f"the original of message {row.id!r} is missing from the data directory")
+    kind = await call.store.channel_kind(row.channel_account_id)
+    response = web.FileResponse(path)
+    response.content_type = "message/rfc822" if kind == "email" else "application/octet-stream"
+    response.headers[hdrs.CONTENT_DISPOSITION] = content_disposition_header(
+        "attachment", filename=f"{row.id}.eml" if kind == "email" else f"{row.id}.raw"
+    )
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Content-Security-Policy"] = "sandbox; default-src 'none'"
+    return response

@@ -127,8 +127,14 @@ class MessageOut(OutModel):
     sender: Sender
     subject: str | None
     text: str
+    reply_text: str = Field(
+        description="the new part of the text: quoted history and signature left out (the preview)"
+    )
     html: str | None = Field(description="sanitised HTML (scripts, styles and event handlers removed)")
     attachments: list[AttachmentOut]
+    raw_url: str | None = Field(
+        description="download URL of the original as received (e.g. the .eml), when it was kept"
+    )
     delivery_status: DeliveryStatus | None
     delivery_error: str | None
     flags: list[str]
@@ -152,7 +158,9 @@ class MessageOut(OutModel):
             sender=sender,
             subject=row.subject,
             text=row.text,
+            reply_text=row.reply_text if row.reply_text is not None else row.text,
             html=nh3.clean(row.html) if row.html else None,
+            raw_url=f"{PREFIX}/messages/{row.id}/raw" if row.raw_ref else None,
             attachments=[
                 AttachmentOut(
                     id=f.id,

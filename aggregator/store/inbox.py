@@ -642,6 +642,11 @@ class InboxQueries(StoreBase):
             raise NotFound(f"no attachment with id {attachment_id!r}")
         return row
 
+    async def channel_kind(self, channel_account_id: str) -> str | None:
+        ca = t.channel_accounts
+        query = select(ca.c.kind).where(ca.c.id == channel_account_id)
+        return await self.read_sync(lambda conn: conn.execute(query).scalar())
+
     async def channel_ids_of_kind(self, workspace_id: str, kind_or_id: str) -> tuple[str, ...]:
         """Channel account ids matching an id or a kind in this workspace (the `channel` filter)."""
         ca = t.channel_accounts

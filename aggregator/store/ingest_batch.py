@@ -36,7 +36,7 @@ from aggregator.model import (
 )
 from aggregator.store import schema as t
 from aggregator.store.schema import EncodedJSON
-from aggregator.threading import choose_conversation, status_after_inbound
+from aggregator.threading import Candidate, choose_conversation, normalize_subject, status_after_inbound
 
 SEARCH_INSERT = text(
     "INSERT INTO search_index (body, workspace_id, conversation_id, ref_id, kind) "
@@ -99,7 +99,33 @@ def ingest_batch(conn: Connection, items: Sequence[PreparedInbound], now: dateti
             existing[(row.channel_account_id, row.external_id)] = IngestResult(
                 row.id, row.conversation_id, created=False
             )
-    fresh = [p for p in items if (p.message.channel_account_id, p.message.external_id) not in existing]
+    # The same raw original seen again under another external id (mail re-numbered by its server).
+    content_keys = {
+        (p.message.channel_account_id, p.raw_ref)
+        for p in items
+        if p.message.dedup_by_content and p.raw_ref is not None
+    }
+    same_content: dict[tuple[str, str], IngestResult] = {}
+    if content_keys:
+        rows = _lookup(
+            conn,
+            select(m.c.id, m.c.conversation_id, m.c.channel_account_id, m.c.raw_ref),
+            (m.c.channel_account_id,),
+            m.c.raw_ref,
+            content_keys,
+        )
+        for row in rows:
+            same_content[(row.channel_account_id, row.raw_ref)] = IngestResult(
+                row.id, row.conversation_id, created=False
+            )
+    fresh = [
+        p
+        for p in items
+        if (p.message.channel_account_id, p.message.external_id) not in existing
+        and not (
+            p.message.dedup_by_content and (p.message.channel_account_id, p.raw_ref) in same_content
+        )
+    ]
 
     identity_keys = {(p.workspace_id, p.message.sender.kind, p.message.sender.address) for p in fresh}
     identity_of: dict[tuple[str, str, str], tuple[str, str, str | None]] = {}
@@ -118,36 +144,72 @@ def ingest_batch(conn: Connection, items: Sequence[PreparedInbound], now: dateti
                 row.display_name,
             )
 
-    key_pairs = {(p.message.channel_account_id, key) for p in fresh for key in p.message.thread.keys}
-    key_matches: dict[str, dict[str, str]] = {}
+    key_pairs = {
+        (p.message.channel_account_id, key)
+        for p in fresh
+        for key in (*p.message.thread.keys, *p.message.thread.contact_keys)
+    }
+    # channel account -> key -> (conversation, its contact)
+    key_matches: dict[str, dict[str, tuple[str, str]]] = {}
     if key_pairs:
         rows = _lookup(
             conn,
-            select(k.c.channel_account_id, k.c.key, k.c.conversation_id),
+            select(k.c.channel_account_id, k.c.key, k.c.conversation_id, c.c.contact_id).join(
+                c, c.c.id == k.c.conversation_id
+            ),
             (k.c.channel_account_id,),
             k.c.key,
             key_pairs,
         )
         for row in rows:
-            key_matches.setdefault(row.channel_account_id, {})[row.key] = row.conversation_id
+            key_matches.setdefault(row.channel_account_id, {})[row.key] = (
+                row.conversation_id,
+                row.contact_id,
+            )
+
+    # Conversations named outright (reply token) or through one of our messages (our Message-ID).
+    conversation_refs = {ref for p in fresh for ref in p.message.thread.conversation_refs}
+    message_refs = {ref for p in fresh for ref in p.message.thread.message_refs}
+    report_refs = {p.message.delivery_report.message_id for p in fresh if p.message.delivery_report}
+    conversation_of_message: dict[str, tuple[str, str]] = {}
+    if message_refs or report_refs:
+        for ours in conn.execute(
+            select(m.c.id, m.c.conversation_id, m.c.channel_account_id).where(
+                m.c.id.in_(list(message_refs | report_refs)), m.c.direction == Direction.OUT.value
+            )
+        ):
+            conversation_of_message[ours.id] = (ours.conversation_id, ours.channel_account_id)
+    account_of_conversation: dict[str, str] = {}
+    wanted_refs = conversation_refs | {cid for cid, _ in conversation_of_message.values()}
 
     known_contacts = {contact_id for _, contact_id, _ in identity_of.values()}
-    latest_of_contact: dict[tuple[str, str], str] = {}
+    # (contact, channel account) -> that contact's conversations there, latest activity last.
+    of_contact: dict[tuple[str, str], list[Candidate]] = {}
     conversations: dict[str, _Conversation] = {}
     if known_contacts:
         for found in conn.execute(
-            select(c.c.id, c.c.contact_id, c.c.channel_account_id, c.c.status)
+            select(
+                c.c.id, c.c.contact_id, c.c.channel_account_id, c.c.status, c.c.subject, c.c.last_activity_at
+            )
             .where(c.c.contact_id.in_(list(known_contacts)))
             .order_by(c.c.last_activity_at)
         ):
-            latest_of_contact[(found.contact_id, found.channel_account_id)] = found.id
+            of_contact.setdefault((found.contact_id, found.channel_account_id), []).append(
+                Candidate(found.id, found.contact_id, normalize_subject(found.subject), found.last_activity_at)
+            )
             conversations[found.id] = _Conversation(found.id, ConversationStatus(found.status), new=False)
-    wanted = {cid for matches in key_matches.values() for cid in matches.values()} - conversations.keys()
+            account_of_conversation[found.id] = found.channel_account_id
+    wanted = (
+        {cid for matches in key_matches.values() for cid, _ in matches.values()} | wanted_refs
+    ) - conversations.keys()
     if wanted:
-        for matched in conn.execute(select(c.c.id, c.c.status).where(c.c.id.in_(list(wanted)))):
+        for matched in conn.execute(
+            select(c.c.id, c.c.status, c.c.channel_account_id).where(c.c.id.in_(list(wanted)))
+        ):
             conversations[matched.id] = _Conversation(
                 matched.id, ConversationStatus(matched.status), new=False
             )
+            account_of_conversation[matched.id] = matched.channel_account_id
 
     new_contacts: list[dict[str, Any]] = []
     new_identities: list[dict[str, Any]] = []
@@ -161,6 +223,8 @@ def ingest_batch(conn: Connection, items: Sequence[PreparedInbound], now: dateti
     events: list[Event] = []
     results: list[IngestResult] = []
     done_in_batch: dict[tuple[str, str], IngestResult] = {}
+    content_in_batch: dict[tuple[str, str], IngestResult] = {}
+    reports: list[dict[str, Any]] = []
 
     for prepared in items:
         msg = prepared.message
@@ -168,6 +232,9 @@ def ingest_batch(conn: Connection, items: Sequence[PreparedInbound], now: dateti
         account = msg.channel_account_id
         dedup_key = (account, msg.external_id)
         repeat = existing.get(dedup_key) or done_in_batch.get(dedup_key)
+        content_key = (account, prepared.raw_ref) if msg.dedup_by_content and prepared.raw_ref else None
+        if repeat is None and content_key is not None:
+            repeat = same_content.get(content_key) or content_in_batch.get(content_key)
         if repeat is not None:
             results.append(IngestResult(repeat.message_id, repeat.conversation_id, created=False))
             continue
@@ -219,8 +286,22 @@ def ingest_batch(conn: Connection, items: Sequence[PreparedInbound], now: dateti
                 identity_of[identity_key] = (identity_id, contact_id, msg.sender.display_name)
 
         matches = key_matches.setdefault(account, {})
+        refs = [
+            ref
+            for ref in (
+                *msg.thread.conversation_refs,
+                *(conversation_of_message[r][0] for r in msg.thread.message_refs if r in conversation_of_message),
+            )
+            if account_of_conversation.get(ref) == account
+        ]
+        candidates = of_contact.setdefault((contact_id, account), [])
         conversation_id = choose_conversation(
-            msg.thread, matches, latest_of_contact.get((contact_id, account))
+            msg.thread,
+            contact_id=contact_id,
+            now=now,
+            ref_matches=refs,
+            key_matches=matches,
+            of_contact=candidates,
         )
         if conversation_id is None:
             conversation_id = new_id()
@@ -273,11 +354,16 @@ def ingest_batch(conn: Connection, items: Sequence[PreparedInbound], now: dateti
                 conv.reopened = True
             conv.changed = True
         conv.added += 1
-        conv.preview = preview(msg.text)
-        latest_of_contact[(contact_id, account)] = conversation_id
-        for key in (*msg.thread.keys, *msg.thread.own_keys):
+        conv.preview = preview(msg.reply_text or msg.text)
+        joined = next((x for x in candidates if x.id == conversation_id), None)
+        if joined is not None:
+            candidates.remove(joined)
+        subject_key = joined.subject_key if joined is not None else normalize_subject(msg.subject)
+        candidates.append(Candidate(conversation_id, contact_id, subject_key, now))
+        account_of_conversation[conversation_id] = account
+        for key in (*msg.thread.keys, *msg.thread.contact_keys, *msg.thread.own_keys):
             if key not in matches:
-                matches[key] = conversation_id
+                matches[key] = (conversation_id, contact_id)
                 new_keys[(account, key)] = conversation_id
 
         message_id = new_id()
@@ -292,6 +378,8 @@ def ingest_batch(conn: Connection, items: Sequence[PreparedInbound], now: dateti
                 "sender_contact_id": contact_id,
                 "subject": msg.subject,
                 "text": msg.text,
+                "reply_text": msg.reply_text,
+                "reply_refs": list(msg.thread.reply_refs) or None,
                 "html": msg.html,
                 "external_id": msg.external_id,
                 "raw_ref": prepared.raw_ref,
@@ -325,8 +413,34 @@ def ingest_batch(conn: Connection, items: Sequence[PreparedInbound], now: dateti
                 conversation_id,
             )
         )
+        report = msg.delivery_report
+        if report is not None:
+            reported = conversation_of_message.get(report.message_id)
+            if reported is not None and reported[1] == account:
+                reports.append(
+                    {
+                        "b_id": report.message_id,
+                        "b_status": report.status.value,
+                        "b_error": report.reason,
+                    }
+                )
+                events.append(
+                    Event(
+                        "message.delivery",
+                        ws,
+                        {
+                            "message_id": report.message_id,
+                            "conversation_id": reported[0],
+                            "delivery_status": report.status.value,
+                            "error": report.reason,
+                        },
+                        reported[0],
+                    )
+                )
         result = IngestResult(message_id, conversation_id, created=True)
         done_in_batch[dedup_key] = result
+        if content_key is not None:
+            content_in_batch[content_key] = result
         results.append(result)
 
     if new_contacts:
@@ -398,6 +512,13 @@ def ingest_batch(conn: Connection, items: Sequence[PreparedInbound], now: dateti
                 last_message_direction=Direction.IN.value,
             ),
             touched,
+        )
+    if reports:
+        conn.execute(
+            update(m)
+            .where(m.c.id == bindparam("b_id"))
+            .values(delivery_status=bindparam("b_status"), delivery_error=bindparam("b_error")),
+            reports,
         )
     if search_rows:
         conn.execute(SEARCH_INSERT, search_rows)

@@ -292,6 +292,10 @@ messages = Table(
     Column("sender_user_id", ID, ForeignKey("users.id")),
     Column("subject", Text),
     Column("text", Text, nullable=False),
+    # The new part of `text` (quoted history and signature left out); NULL when it is all of it.
+    Column("reply_text", Text),
+    # What a reply to this message points at (email: References + its Message-ID), oldest first.
+    Column("reply_refs", JSON),
     Column("html", Text),
     Column("external_id", String(512)),
     Column("delivery_status", String(16)),
@@ -304,6 +308,8 @@ messages = Table(
     _created(),
     UniqueConstraint("channel_account_id", "external_id"),
     Index(None, "conversation_id", "created_at", "id"),
+    # Recognising a raw original seen before (mail re-numbered after a UIDVALIDITY change).
+    Index(None, "channel_account_id", "raw_ref"),
 )
 
 attachments = Table(

@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from aggregator.model import (
     ConnectionState,
     DeliveryStatus,
+    Direction,
     Identity,
     OutboxStatus,
     Role,
@@ -62,6 +63,7 @@ class OutboxItem:
     thread_ref: str | None
     recipient: Identity
     automatic: bool
+    references: tuple[str, ...] = ()
 
 
 class Store(InboxQueries, AdminQueries, ContactQueries):
@@ -363,6 +365,19 @@ class Store(InboxQueries, AdminQueries, ContactQueries):
                     .where(o.c.id == outbox_id)
                 )
             ).one()
+            # What the customer's latest message asks a reply to point at (email References).
+            reply_refs = (
+                await conn.execute(
+                    select(m.c.reply_refs)
+                    .where(
+                        m.c.conversation_id == row.conversation_id,
+                        m.c.direction == Direction.IN.value,
+                        m.c.reply_refs.is_not(None),
+                    )
+                    .order_by(m.c.created_at.desc(), m.c.id.desc())
+                    .limit(1)
+                )
+            ).scalar()
         return OutboxItem(
             outbox_id=outbox_id,
             workspace_id=row.workspace_id,
@@ -376,6 +391,7 @@ class Store(InboxQueries, AdminQueries, ContactQueries):
             thread_ref=row.thread_ref,
             recipient=Identity(row.kind, row.address, row.display_name),
             automatic="automatic" in row.flags,
+            references=tuple(reply_refs or ()),
         )
 
     async def finish_outbox(
