@@ -97,6 +97,7 @@ class ChannelManager:
             max_body_bytes=self.max_body_bytes,
             max_attachment_bytes=self.max_attachment_bytes,
             node_id=self.node_id,
+            sink_many=getattr(self.sink, "ingest_many", None),
         )
         ref = ChannelAccountRef(account.id, account.workspace_id, account.kind, account.name)
         return adapter_class(ref, config, context)

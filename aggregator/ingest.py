@@ -10,14 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from aggregator.attachments import AttachmentStore
+from aggregator.attachments import DEFER_MAX_BYTES, AttachmentStore
 from aggregator.bus import Bus, BusUnavailable
 from aggregator.metrics import Metrics
 from aggregator.model import Event, InboundMessage, IngestResult, utcnow
@@ -94,36 +95,80 @@ class Ingestor:
 
     async def __call__(self, message: InboundMessage) -> IngestResult:
         """Store the message exactly once; return only after it is durable."""
+        pending = await self._prepare(message)
+        await self._queue.put(pending)
+        return await pending.future
+
+    async def ingest_many(
+        self, messages: Sequence[InboundMessage], *, queued: asyncio.Event | None = None
+    ) -> list[IngestResult | Exception]:
+        """Store messages in the order given (a reply after its parent).
+
+        Each message gets its own outcome: one that cannot be stored does not fail the others.
+        `queued` is set once all of them are in line for the writer, so a caller can prepare the next
+        batch while this one commits and still keep the order.
+        """
+        prepared: list[_Pending | Exception] = []
+        try:
+            for message in messages:
+                try:
+                    prepared.append(await self._prepare(message))
+                except Exception as exc:
+                    prepared.append(exc)
+            for pending in prepared:
+                if isinstance(pending, _Pending):
+                    await self._queue.put(pending)
+        finally:
+            if queued is not None:
+                queued.set()
+        outcomes: list[IngestResult | Exception] = []
+        for pending in prepared:
+            if isinstance(pending, Exception):
+                outcomes.append(pending)
+                continue
+            try:
+                outcomes.append(await pending.future)
+            except Exception as exc:
+                outcomes.append(exc)
+        return outcomes
+
+    async def _prepare(self, message: InboundMessage) -> _Pending:
+        started = time.perf_counter()
         if self._closed:
             raise IngestClosed("the daemon is shutting down; retry later")
         if message.sent_at is not None and message.sent_at.tzinfo is None:
             raise ValueError(f"message {message.external_id!r}: sent_at must carry a time zone")
-        started = time.perf_counter()
         workspace_id, kind = await self._account(message.channel_account_id)
         # Every size is checked before any file is written: a refused message leaves nothing on disk.
         for attachment in message.attachments:
             self.attachments.check_size(attachment.filename, len(attachment.content))
-        stored = []
-        for attachment in message.attachments:
-            digest = await self.attachments.put(attachment.content)
-            stored.append(
-                StoredAttachment(
-                    attachment.filename, attachment.content_type, len(attachment.content), digest
-                )
-            )
-        raw_ref = await self.attachments.put(message.raw) if message.raw is not None else None
         try:
             extra_json = EncodedJSON(json.dumps(message.extra))
         except (TypeError, ValueError, RecursionError) as exc:
             raise ValueError(
                 f"message {message.external_id!r}: extra cannot be stored as JSON: {exc}"
             ) from exc
+        # Small files go with the batch and are written by its writer, all flushed at once just before
+        # the transaction; big ones are written now (a batch must not hold hundreds of megabytes).
+        deferred: list[tuple[str, bytes]] = []
+
+        async def keep(content: bytes) -> str:
+            if len(content) > DEFER_MAX_BYTES:
+                return await self.attachments.put(content)
+            digest = hashlib.sha256(content).hexdigest()
+            deferred.append((digest, content))
+            return digest
+
+        stored = [
+            StoredAttachment(a.filename, a.content_type, len(a.content), await keep(a.content))
+            for a in message.attachments
+        ]
+        raw_ref = await keep(message.raw) if message.raw is not None else None
         # What is on disk already, or encoded, does not travel to the writer (possibly another process).
         lean = dataclasses.replace(message, attachments=(), raw=None, extra={})
         future: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
-        prepared = PreparedInbound(lean, workspace_id, stored, raw_ref, extra_json)
-        await self._queue.put(_Pending(prepared, kind, future, started))
-        return await future
+        prepared = PreparedInbound(lean, workspace_id, stored, raw_ref, extra_json, tuple(deferred))
+        return _Pending(prepared, kind, future, started)
 
     async def _write_loop(self) -> None:
         # Two batches in flight: the writer starts the next one the moment it commits this one, instead
@@ -150,7 +195,9 @@ class Ingestor:
 
     async def _commit(self, batch: list[_Pending]) -> None:
         try:
-            outcome = await self.store.ingest_batch([p.prepared for p in batch], self.clock())
+            outcome = await self.store.ingest_batch(
+                [p.prepared for p in batch], self.clock(), files_root=self.attachments.root
+            )
         except Exception as exc:
             if len(batch) == 1:
                 log.exception("storing inbound message %s failed", batch[0].prepared.message.external_id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from aggregator.model import ConversationStatus, MessageFlags, ThreadHints
@@ -35,9 +35,29 @@ class Candidate:
     """A conversation a message could join, as far as threading needs to know it."""
 
     id: str
-    contact_id: str
     subject_key: str
     last_activity_at: datetime
+
+
+@dataclass(slots=True)
+class ContactThreads:
+    """One contact's conversations on one channel account that threading may pick."""
+
+    latest: Candidate | None = None
+    by_subject: dict[str, Candidate] = field(default_factory=dict)
+
+    def add(self, candidate: Candidate) -> None:
+        """Record activity (rows must come oldest first; a message that lands is the newest)."""
+        if self.latest is None or candidate.last_activity_at >= self.latest.last_activity_at:
+            self.latest = candidate
+        known = self.by_subject.get(candidate.subject_key)
+        if candidate.subject_key and (known is None or candidate.last_activity_at >= known.last_activity_at):
+            self.by_subject[candidate.subject_key] = candidate
+
+    def subject_of(self, conversation_id: str) -> str | None:
+        if self.latest is not None and self.latest.id == conversation_id:
+            return self.latest.subject_key
+        return next((k for k, c in self.by_subject.items() if c.id == conversation_id), None)
 
 
 def choose_conversation(
@@ -47,13 +67,13 @@ def choose_conversation(
     now: datetime,
     ref_matches: Sequence[str] = (),
     key_matches: Mapping[str, tuple[str, str]] | None = None,
-    of_contact: Sequence[Candidate] = (),
+    of_contact: ContactThreads | None = None,
 ) -> str | None:
     """The conversation a message joins, or None for a new one.
 
     `ref_matches`: conversations named by the message's conversation and message refs (already
     checked to belong to its channel account). `key_matches`: key -> (conversation, its contact).
-    `of_contact`: the sender's conversations on the same channel account, latest activity last.
+    `of_contact`: the sender's conversations on the same channel account.
     """
     if ref_matches:
         return ref_matches[0]
@@ -66,15 +86,16 @@ def choose_conversation(
         found = matches.get(key)
         if found is not None and found[1] == contact_id:
             return found[0]
+    if of_contact is None:
+        return None
     if hints.subject_key:
-        oldest = now - hints.subject_window if hints.subject_window is not None else None
-        for candidate in reversed(of_contact):
-            if oldest is not None and candidate.last_activity_at < oldest:
-                break
-            if candidate.subject_key == hints.subject_key:
-                return candidate.id
-    if hints.by_contact and of_contact:
-        return of_contact[-1].id
+        same = of_contact.by_subject.get(hints.subject_key)
+        if same is not None and (
+            hints.subject_window is None or same.last_activity_at >= now - hints.subject_window
+        ):
+            return same.id
+    if hints.by_contact and of_contact.latest is not None:
+        return of_contact.latest.id
     return None
 
 

@@ -8,10 +8,11 @@ and a logger.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from importlib.metadata import entry_points
@@ -151,6 +152,14 @@ class ChannelAccountRef:
 
 
 InboundSink = Callable[[InboundMessage], Awaitable[IngestResult]]
+# Many messages stored in the order given (each with its own outcome): a reply is threaded after its
+# parent even when both arrive together, e.g. a mailbox catching up after an outage.
+# `queued` is set once all of them are in line for storing (see Ingestor.ingest_many).
+class InboundBatchSink(Protocol):
+    async def __call__(
+        self, messages: Sequence[InboundMessage], *, queued: asyncio.Event | None = None
+    ) -> list[IngestResult | Exception]: ...
+
 
 
 class Checkpoints(Protocol):
@@ -176,6 +185,28 @@ class AdapterContext:
     max_body_bytes: int
     max_attachment_bytes: int
     node_id: str
+    sink_many: InboundBatchSink | None = None
+
+    async def ingest_many(
+        self, messages: Sequence[InboundMessage], *, queued: asyncio.Event | None = None
+    ) -> list[IngestResult | Exception]:
+        """Hand over messages in order, each with its own outcome; through `sink_many` when offered.
+
+        `queued` is set once the next batch may be handed over without overtaking this one.
+        """
+        if self.sink_many is not None:
+            return await self.sink_many(messages, queued=queued)
+        outcomes: list[IngestResult | Exception] = []
+        try:
+            for message in messages:
+                try:
+                    outcomes.append(await self.sink(message))
+                except Exception as exc:
+                    outcomes.append(exc)
+        finally:
+            if queued is not None:
+                queued.set()
+        return outcomes
 
 
 ConfigT = TypeVar("ConfigT", bound=ChannelConfig)

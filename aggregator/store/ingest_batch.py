@@ -16,7 +16,9 @@ from sqlalchemy import (
     Connection,
     Row,
     Select,
+    and_,
     bindparam,
+    func,
     insert,
     or_,
     select,
@@ -36,7 +38,13 @@ from aggregator.model import (
 )
 from aggregator.store import schema as t
 from aggregator.store.schema import EncodedJSON
-from aggregator.threading import Candidate, choose_conversation, normalize_subject, status_after_inbound
+from aggregator.threading import (
+    Candidate,
+    ContactThreads,
+    choose_conversation,
+    normalize_subject,
+    status_after_inbound,
+)
 
 SEARCH_INSERT = text(
     "INSERT INTO search_index (body, workspace_id, conversation_id, ref_id, kind) "
@@ -62,6 +70,8 @@ class PreparedInbound:
     raw_ref: str | None = None
     # The message's `extra`, encoded once by the pipeline (the message then travels without it).
     extra_json: EncodedJSON | None = None
+    # (sha256, content) of small files not written yet: the batch writer makes them durable first.
+    files: tuple[tuple[str, bytes], ...] = ()
 
 
 @dataclass(slots=True)
@@ -184,19 +194,15 @@ def ingest_batch(conn: Connection, items: Sequence[PreparedInbound], now: dateti
 
     known_contacts = {contact_id for _, contact_id, _ in identity_of.values()}
     # (contact, channel account) -> that contact's conversations there, latest activity last.
-    of_contact: dict[tuple[str, str], list[Candidate]] = {}
+    of_contact: dict[tuple[str, str], ContactThreads] = {}
+    conversation_subjects: dict[str, str] = {}
     conversations: dict[str, _Conversation] = {}
     if known_contacts:
-        for found in conn.execute(
-            select(
-                c.c.id, c.c.contact_id, c.c.channel_account_id, c.c.status, c.c.subject, c.c.last_activity_at
+        for found in _candidates(conn, fresh, known_contacts, now):
+            of_contact.setdefault((found.contact_id, found.channel_account_id), ContactThreads()).add(
+                Candidate(found.id, found.subject_key or "", found.last_activity_at)
             )
-            .where(c.c.contact_id.in_(list(known_contacts)))
-            .order_by(c.c.last_activity_at)
-        ):
-            of_contact.setdefault((found.contact_id, found.channel_account_id), []).append(
-                Candidate(found.id, found.contact_id, normalize_subject(found.subject), found.last_activity_at)
-            )
+            conversation_subjects[found.id] = found.subject_key or ""
             conversations[found.id] = _Conversation(found.id, ConversationStatus(found.status), new=False)
             account_of_conversation[found.id] = found.channel_account_id
     wanted = (
@@ -204,8 +210,11 @@ def ingest_batch(conn: Connection, items: Sequence[PreparedInbound], now: dateti
     ) - conversations.keys()
     if wanted:
         for matched in conn.execute(
-            select(c.c.id, c.c.status, c.c.channel_account_id).where(c.c.id.in_(list(wanted)))
+            select(c.c.id, c.c.status, c.c.channel_account_id, c.c.subject_key).where(
+                c.c.id.in_(list(wanted))
+            )
         ):
+            conversation_subjects[matched.id] = matched.subject_key or ""
             conversations[matched.id] = _Conversation(
                 matched.id, ConversationStatus(matched.status), new=False
             )
@@ -294,7 +303,7 @@ def ingest_batch(conn: Connection, items: Sequence[PreparedInbound], now: dateti
             )
             if account_of_conversation.get(ref) == account
         ]
-        candidates = of_contact.setdefault((contact_id, account), [])
+        candidates = of_contact.setdefault((contact_id, account), ContactThreads())
         conversation_id = choose_conversation(
             msg.thread,
             contact_id=contact_id,
@@ -307,6 +316,7 @@ def ingest_batch(conn: Connection, items: Sequence[PreparedInbound], now: dateti
             conversation_id = new_id()
             conv = _Conversation(conversation_id, ConversationStatus.OPEN, new=True)
             conversations[conversation_id] = conv
+            conversation_subjects[conversation_id] = normalize_subject(msg.subject)
             new_conversations.append(
                 {
                     "id": conversation_id,
@@ -318,6 +328,7 @@ def ingest_batch(conn: Connection, items: Sequence[PreparedInbound], now: dateti
                     "priority": Priority.NORMAL.value,
                     "labels": [],
                     "subject": msg.subject,
+                    "subject_key": conversation_subjects[conversation_id],
                     "language": msg.language_hint,
                     "thread_ref": msg.thread.thread_ref,
                     "last_activity_at": now,
@@ -355,11 +366,7 @@ def ingest_batch(conn: Connection, items: Sequence[PreparedInbound], now: dateti
             conv.changed = True
         conv.added += 1
         conv.preview = preview(msg.reply_text or msg.text)
-        joined = next((x for x in candidates if x.id == conversation_id), None)
-        if joined is not None:
-            candidates.remove(joined)
-        subject_key = joined.subject_key if joined is not None else normalize_subject(msg.subject)
-        candidates.append(Candidate(conversation_id, contact_id, subject_key, now))
+        candidates.add(Candidate(conversation_id, conversation_subjects.get(conversation_id, ""), now))
         account_of_conversation[conversation_id] = account
         for key in (*msg.thread.keys, *msg.thread.contact_keys, *msg.thread.own_keys):
             if key not in matches:
@@ -525,6 +532,49 @@ def ingest_batch(conn: Connection, items: Sequence[PreparedInbound], now: dateti
     if audit_rows:
         conn.execute(insert(t.audit_events), audit_rows)
     return BatchOutcome(results, events)
+
+
+def _candidates(
+    conn: Connection, fresh: Sequence[PreparedInbound], contacts: set[str], now: datetime
+) -> list[Any]:
+    """The conversations threading may pick for these senders, oldest activity first: each sender's
+    latest on each channel account of the batch, and those with one of the batch's subjects active
+    within its window.
+
+    Bounded by what threading can use, not by how many conversations a sender ever had.
+    """
+    c = t.conversations
+    accounts = list({p.message.channel_account_id for p in fresh})
+    columns = (c.c.id, c.c.contact_id, c.c.channel_account_id, c.c.status, c.c.subject_key, c.c.last_activity_at)
+    where = (c.c.contact_id.in_(list(contacts)), c.c.channel_account_id.in_(accounts))
+    latest = (
+        select(c.c.contact_id, c.c.channel_account_id, func.max(c.c.last_activity_at).label("latest"))
+        .where(*where)
+        .group_by(c.c.contact_id, c.c.channel_account_id)
+        .subquery()
+    )
+    rows: dict[str, Any] = {
+        row.id: row
+        for row in conn.execute(
+            select(*columns).join(
+                latest,
+                and_(
+                    c.c.contact_id == latest.c.contact_id,
+                    c.c.channel_account_id == latest.c.channel_account_id,
+                    c.c.last_activity_at == latest.c.latest,
+                ),
+            )
+        )
+    }
+    hints = [p.message.thread for p in fresh if p.message.thread.subject_key]
+    if hints:
+        subjects = list({h.subject_key for h in hints if h.subject_key})
+        query = select(*columns).where(*where, c.c.subject_key.in_(subjects))
+        if all(h.subject_window is not None for h in hints):
+            widest = max(h.subject_window for h in hints if h.subject_window is not None)
+            query = query.where(c.c.last_activity_at >= now - widest)
+        rows.update((row.id, row) for row in conn.execute(query))
+    return sorted(rows.values(), key=lambda row: (row.last_activity_at, row.id))
 
 
 PREVIEW_CHARS = 200

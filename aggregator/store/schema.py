@@ -230,6 +230,8 @@ conversations = Table(
     Column("labels", JSON, nullable=False, default=list),
     Column("language", String(35)),
     Column("subject", Text),
+    # The subject without Re:/AW:/Fwd: and case (threading.normalize_subject), for subject threading.
+    Column("subject_key", Text),
     Column("thread_ref", String(512)),
     Column("last_activity_at", UTCDateTime(), nullable=False),
     Column("last_inbound_at", UTCDateTime()),
@@ -249,6 +251,7 @@ conversations = Table(
     Index(None, "workspace_id", "assignee_id", "last_activity_at", "id"),
     Index(None, "workspace_id", "team_id", "last_activity_at", "id"),
     Index(None, "status", "snoozed_until"),
+    # Also serves subject threading: (contact, channel account, active since) then subject_key filtered.
     Index(None, "contact_id", "channel_account_id", "last_activity_at"),
 )
 

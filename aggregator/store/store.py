@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import and_, func, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 
+from aggregator.attachments import write_files
 from aggregator.model import (
     ConnectionState,
     DeliveryStatus,
@@ -477,9 +480,16 @@ class Store(InboxQueries, AdminQueries, ContactQueries):
         async with self.read() as conn:
             return int((await conn.execute(query)).scalar_one())
 
-    async def ingest_batch(self, items: Sequence[PreparedInbound], now: datetime) -> BatchOutcome:
-        """Store a batch of inbound messages in one transaction (see ingest_batch.py)."""
+    async def ingest_batch(
+        self, items: Sequence[PreparedInbound], now: datetime, *, files_root: Path | None = None
+    ) -> BatchOutcome:
+        """Store a batch of inbound messages in one transaction (see ingest_batch.py); the items' small
+        files are written under `files_root` first."""
+        root = str(files_root) if files_root is not None else None
         if self._writer is None:
+            files = [f for item in items for f in item.files]
+            if root is not None and files:
+                await asyncio.to_thread(write_files, root, files)
             async with self.write() as conn:
                 return await conn.run_sync(ingest_batch, items, now)
-        return await self._writer.write(items, now)
+        return await self._writer.write(items, now, root)

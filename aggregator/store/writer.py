@@ -20,13 +20,21 @@ from datetime import datetime
 
 from sqlalchemy import Engine
 
+from aggregator.attachments import write_files
 from aggregator.store.engine import WRITE_OPTION, create_sqlite_writer
 from aggregator.store.ingest_batch import BatchOutcome, PreparedInbound, ingest_batch
 
 PR_SET_PDEATHSIG = 1
 
 
-def write_batch(engine: Engine, items: Sequence[PreparedInbound], now: datetime) -> BatchOutcome:
+def write_batch(
+    engine: Engine, items: Sequence[PreparedInbound], now: datetime, files_root: str | None = None
+) -> BatchOutcome:
+    """The batch's files made durable, then its rows in one transaction (rows never name a missing file)."""
+    if files_root is not None:
+        files = [f for item in items for f in item.files]
+        if files:
+            write_files(files_root, files)
     with engine.connect() as conn:
         conn = conn.execution_options(**{WRITE_OPTION: True})
         with conn.begin():
@@ -53,9 +61,11 @@ def _ready() -> bool:
     return _process_engine is not None
 
 
-def _write_in_process(items: Sequence[PreparedInbound], now: datetime) -> BatchOutcome:
+def _write_in_process(
+    items: Sequence[PreparedInbound], now: datetime, files_root: str | None
+) -> BatchOutcome:
     assert _process_engine is not None, "writer process not initialised"
-    return write_batch(_process_engine, items, now)
+    return write_batch(_process_engine, items, now, files_root)
 
 
 class BatchWriter:
@@ -83,15 +93,19 @@ class BatchWriter:
         if self.process:
             await asyncio.get_running_loop().run_in_executor(self._executor, _ready)
 
-    async def write(self, items: Sequence[PreparedInbound], now: datetime) -> BatchOutcome:
+    async def write(
+        self, items: Sequence[PreparedInbound], now: datetime, files_root: str | None = None
+    ) -> BatchOutcome:
         if self._executor is None:
             self._executor = self._start()
         loop = asyncio.get_running_loop()
         if not self.process:
             assert self._engine is not None
-            return await loop.run_in_executor(self._executor, write_batch, self._engine, items, now)
+            return await loop.run_in_executor(
+                self._executor, write_batch, self._engine, items, now, files_root
+            )
         try:
-            return await loop.run_in_executor(self._executor, _write_in_process, items, now)
+            return await loop.run_in_executor(self._executor, _write_in_process, items, now, files_root)
         except BrokenProcessPool:
             # The writer process died (killed, out of memory): this batch's fate is unknown to us, but
             # the caller retries it and dedup makes that safe. The next batch gets a new process.

@@ -6,7 +6,7 @@ import asyncio
 import json
 import os
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,6 +152,23 @@ def inbound(
     )
 
 
+class _RecordingSink:
+    """The core's ingestor as adapters see it (one message, or many in order), recording what it is given."""
+
+    def __init__(self, core: Callable[[], Core]) -> None:
+        self._core = core
+
+    async def __call__(self, message: InboundMessage) -> IngestResult:
+        return await self._core().sink(message)
+
+    async def ingest_many(
+        self, messages: Sequence[InboundMessage], *, queued: asyncio.Event | None = None
+    ) -> list[IngestResult | Exception]:
+        core = self._core()
+        core.received.extend(messages)
+        return await core.ingestor.ingest_many(messages, queued=queued)
+
+
 @dataclass
 class Core:
     """The inbound pipeline and channel manager of one process, on a real SQLite file and bus."""
@@ -235,14 +252,11 @@ async def open_core(
         await ingestor.start()
         stack.push_async_callback(ingestor.stop)
 
-        async def sink(message: InboundMessage) -> IngestResult:
-            return await core.sink(message)
-
         channels = ChannelManager(
             store,
             bus,
             registry if registry is not None else Registry(),
-            sink,
+            _RecordingSink(lambda: core),
             http,
             clock=utcnow,
             node_id="test",
