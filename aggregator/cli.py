@@ -7,15 +7,20 @@ import asyncio
 import logging
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+from tqdm import tqdm
 
+from aggregator.attachments import AttachmentStore
 from aggregator.bus import create_bus
 from aggregator.channels import ChannelManager
 from aggregator.config import ConfigError, Settings, load_settings
 from aggregator.daemon import Daemon, bootstrap, open_store
+from aggregator.ingest import Ingestor
+from aggregator.metrics import Metrics
 from aggregator.model import Role, utcnow
 from aggregator.secrets import SecretKeyError
 from aggregator.store import Conflict, Invalid, NotFound, Store
@@ -33,6 +38,9 @@ examples:
   aggregator channel add api --name shop --set secret=... --set callback_url=https://shop.example/hook
   aggregator channel list
   aggregator channel check CHANNEL_ID
+  aggregator channel add email --name support --set address=support@shop.example \
+      --set imap_host=imap.shop.example --set imap_password=... --set smtp_host=smtp.shop.example
+  aggregator channel import CHANNEL_ID --since 2026-01-01   import a mailbox's history (resumable)
 
 Settings come from --config (or $AGGREGATOR_CONFIG, or ./aggregator.toml), overridden by AGGREGATOR_*
 environment variables (e.g. AGGREGATOR_REDIS_URL, AGGREGATOR_HTTP__PORT). See config/aggregator.example.toml.
@@ -120,8 +128,32 @@ def _parser() -> argparse.ArgumentParser:
     channel_list = channel.add_parser("list", help="list channel accounts with their connection state")
     channel_list.add_argument("--workspace", help="only this workspace")
     channel.add_parser("check", help="test a channel's credentials live").add_argument("id")
+    channel_import = channel.add_parser(
+        "import",
+        help="import a mailbox's history since a date (new mail is read anyway); resumable",
+        description="Store the mail received since --since that is older than the channel's starting "
+        "point (connecting a mailbox takes new mail only). Run it again after an interruption: it "
+        "goes on where it stopped, and mail stored already is never stored twice. The daemon may keep "
+        "running meanwhile.",
+    )
+    channel_import.add_argument("id", help="the channel's id (see `aggregator channel list`)")
+    channel_import.add_argument(
+        "--since", required=True, type=_date, metavar="YYYY-MM-DD", help="first day to import"
+    )
+    channel_import.add_argument(
+        "--folder", action="append", dest="folders", metavar="FOLDER",
+        help="only this folder (repeat; default: the channel's imap_folders)",
+    )
+    channel_import.add_argument("--no-progress", action="store_true", help="no progress bar")
     channel.add_parser("kinds", help="list the installed channel kinds")
     return parser
+
+
+def _date(value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a date like 2026-01-31") from None
 
 
 async def _with_store(settings: Settings, work: Callable[[Store], Awaitable[int]]) -> int:
@@ -264,6 +296,74 @@ async def _channel_check(settings: Settings, channel_id: str) -> int:
     return await _with_store(settings, work)
 
 
+async def _channel_import(
+    settings: Settings, channel_id: str, since: date, folders: Sequence[str] | None, show: bool
+) -> int:
+    store = open_store(settings)
+    bus = create_bus(settings.redis_url)
+    metrics = Metrics()
+    attachments = AttachmentStore(settings.attachments_dir, settings.max_attachment_bytes)
+    ingestor = Ingestor(store, bus, attachments, metrics, max_batch=settings.ingest.max_batch)
+    try:
+        await bootstrap_quietly(store, settings)
+        account = await store.get_channel_account(channel_id)
+        await store.start_writer()
+        await bus.start()
+        await ingestor.start()
+        async with aiohttp.ClientSession() as http:
+            manager = ChannelManager(
+                store,
+                bus,
+                Registry(),
+                ingestor,
+                http,
+                clock=utcnow,
+                node_id="cli-import",
+                max_body_bytes=settings.http.max_body_bytes,
+                max_attachment_bytes=settings.max_attachment_bytes,
+            )
+            adapter = manager.build(account)
+            importer = getattr(adapter, "import_history", None)
+            if importer is None:
+                raise CliError(f"the {account.kind} channel {account.name!r} has no history to import")
+            bars: dict[str, tqdm[Any]] = {}
+
+            def progress(folder: str, done: int, total: int) -> None:
+                if not show:
+                    return
+                bar = bars.get(folder)
+                if bar is None:
+                    bar = bars[folder] = tqdm(total=total, desc=folder, unit="mail", file=sys.stderr)
+                bar.update(done - bar.n)
+
+            try:
+                reports = await importer(since, progress, folders)
+            except Exception as exc:
+                for bar in bars.values():
+                    bar.close()
+                name = type(exc).__name__
+                if name in ("ImapAuthError", "ImapTransientError", "ImapError"):
+                    print(
+                        f"aggregator: import stopped: {exc}\n"
+                        f"what is stored stays stored; run the same command again to go on",
+                        file=sys.stderr,
+                    )
+                    return 1
+                raise
+            for bar in bars.values():
+                bar.close()
+        for report in reports:
+            print(
+                f"{report.folder}: {report.found} mails since {since.isoformat()}, "
+                f"{report.stored} stored, {report.already} stored before"
+            )
+        return 0
+    finally:
+        await ingestor.stop()
+        await bus.close()
+        await store.close()
+
+
 async def _run(args: argparse.Namespace, settings: Settings) -> int:
     command = args.command
     action = getattr(args, "action", None)
@@ -283,6 +383,8 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     if command == "channel" and action == "check":
         return await _channel_check(settings, args.id)
+    if command == "channel" and action == "import":
+        return await _channel_import(settings, args.id, args.since, args.folders, not args.no_progress)
 
     async def work(store: Store) -> int:
         if command == "workspace" and action == "create":

@@ -79,7 +79,10 @@ class AdapterContract:
         """The identity address the adapter stores for `sender` (some scope it to the account)."""
         return sender
     recipient_address: ClassVar[str] = "contract-recipient"
+    # The service's error statuses (HTTP statuses, or SMTP reply codes for email) and what each becomes.
     status_errors: ClassVar[Mapping[int, type[ChannelError]]] = DEFAULT_STATUS_ERRORS
+    # The status by which the service asks us to slow down, with a retry time; None when it has none.
+    rate_limit_status: ClassVar[int | None] = 429
 
     # What each channel's module provides.
 
@@ -226,26 +229,29 @@ class AdapterContract:
     async def test_429_is_rate_limited_with_retry_after(
         self, adapter_factory: AdapterFactory, send_fake: SendFake
     ) -> None:
+        if self.rate_limit_status is None:
+            pytest.skip(f"the {self.adapter_class.kind} service has no rate-limit answer with a retry time")
         adapter = await adapter_factory()
-        send_fake.fail_next(429, retry_after="7")
+        send_fake.fail_next(self.rate_limit_status, retry_after="7")
         with pytest.raises(RateLimited) as raised:
             await adapter.send(self.outbound(adapter))
         assert raised.value.retry_after == 7.0
         assert send_fake.delivered_texts() == []
 
-    @pytest.mark.parametrize("status", [400, 401, 403, 404, 422, 500, 502, 503])
-    async def test_error_status_maps_to_its_typed_error(
-        self, adapter_factory: AdapterFactory, send_fake: SendFake, status: int
+    async def test_each_error_status_maps_to_its_typed_error(
+        self, adapter_factory: AdapterFactory, send_fake: SendFake
     ) -> None:
-        expected = self.status_errors[status]
+        assert self.status_errors, "list the service's error statuses"
         adapter = await adapter_factory()
-        send_fake.fail_next(status)
-        with pytest.raises(ChannelError) as raised:
-            await adapter.send(self.outbound(adapter))
-        assert isinstance(raised.value, expected), f"{status} gave {type(raised.value).__name__}"
-        if expected is TransientError:
-            assert not isinstance(raised.value, RateLimited)
-        assert raised.value.reason
+        for status, expected in self.status_errors.items():
+            send_fake.fail_next(status)
+            with pytest.raises(ChannelError) as raised:
+                await adapter.send(self.outbound(adapter))
+            assert isinstance(raised.value, expected), f"{status} gave {type(raised.value).__name__}"
+            if expected is TransientError:
+                assert not isinstance(raised.value, RateLimited), status
+            assert raised.value.reason, status
+        assert send_fake.delivered_texts() == []
 
     async def test_timeout_is_transient(
         self, adapter_factory: AdapterFactory, send_fake: SendFake, timeout_config: dict[str, Any]

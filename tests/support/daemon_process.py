@@ -131,6 +131,13 @@ class DaemonProcess:
 
     async def cli(self, *args: str, within: float = 60.0) -> str:
         """Run one `aggregator` command against this installation; its stdout, stripped."""
+        code, out, err = await self.run_cli(*args, within=within)
+        if code != 0:
+            raise DaemonFailed(f"`aggregator {' '.join(args)}` exited with {code}:\n{err}")
+        return out.strip()
+
+    async def run_cli(self, *args: str, within: float = 60.0) -> tuple[int, str, str]:
+        """Run one `aggregator` command: (exit code, stdout, stderr), whatever the exit code."""
         proc = await asyncio.create_subprocess_exec(
             *self._command(*args),
             cwd=self.workdir,
@@ -145,11 +152,8 @@ class DaemonProcess:
             proc.kill()
             await proc.wait()
             raise DaemonFailed(f"`aggregator {' '.join(args)}` did not finish within {within}s") from None
-        if proc.returncode != 0:
-            raise DaemonFailed(
-                f"`aggregator {' '.join(args)}` exited with {proc.returncode}:\n{err.decode(errors='replace')}"
-            )
-        return out.decode().strip()
+        assert proc.returncode is not None
+        return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
 
     async def add_api_channel(self, name: str, secret: str, callback_url: str | None = None) -> str:
         """Create an API channel account through the CLI; its id."""
