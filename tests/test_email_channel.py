@@ -265,14 +265,18 @@ async def test_connecting_takes_new_mail_only_and_idle_brings_it_at_once(
     assert b"Subject: Where is my parcel?" in raw
 
 
-async def test_polling_when_idle_is_not_used_and_several_folders(
-    core: Core, dovecot: Dovecot, smtp: SmtpServer
+async def test_polling_when_the_server_has_no_idle_and_several_folders(
+    core: Core, tmp_path: Path, smtp: SmtpServer
 ) -> None:
-    await dovecot.create_folder(USER, "Support")
-    adapter = await start_channel(core, config(dovecot, smtp, imap_folders=["INBOX", "Support"]))
-    await dovecot.deliver(USER, mail("anna@customer.test", "In the inbox", "one"))
-    await dovecot.deliver(USER, mail("bert@customer.test", "In the folder", "two"), folder="Support")
-    await stored_count(core, adapter.account.id, 2)
+    no_idle = "protocol imap {\n  imap_capability = IMAP4rev1 LITERAL+ UIDPLUS MOVE\n}"
+    async with running_dovecot(tmp_path / "no-idle", extra_config=no_idle) as dovecot:
+        await dovecot.create_folder(USER, "Support")
+        adapter = await start_channel(
+            core, config(dovecot, smtp, imap_folders=["INBOX", "Support"], poll_seconds=0.3)
+        )
+        await dovecot.deliver(USER, mail("anna@customer.test", "In the inbox", "one"))
+        await dovecot.deliver(USER, mail("bert@customer.test", "In the folder", "two"), folder="Support")
+        await stored_count(core, adapter.account.id, 2, within=5)
     ids = [r[0] for r in await sql(core.store, "SELECT external_id FROM messages")]
     assert sorted(i.rsplit(":", 1)[1] for i in ids) == ["INBOX", "Support"]
 

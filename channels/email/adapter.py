@@ -260,8 +260,10 @@ class EmailChannel(ChannelAdapter[EmailChannelConfig]):
             if uids:
                 last_uid = await self._store_uids(client, folder, state.uidvalidity, uids, key, checkpoint)
             # IDLE ends after idle_seconds at the latest and is issued again (RFC 2177: within 29 min).
-            wait = self.config.idle_seconds if client.has_idle else self.config.poll_seconds
-            await client.wait_for_change(wait)
+            if client.has_idle:
+                await client.wait_for_change(self.config.idle_seconds)
+            else:
+                await client.wait_for_change(self.config.poll_seconds, poll_interval=self.config.poll_seconds)
 
     async def _resync(
         self, client: ImapClient, folder: str, uidvalidity: int, old: dict[str, Any]
