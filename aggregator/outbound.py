@@ -20,7 +20,7 @@ from typing import Any
 from aggregator.bus import Bus, BusUnavailable, Job
 from aggregator.config import OutboxSettings
 from aggregator.metrics import Metrics
-from aggregator.model import ConnectionState, Event, OutboundMessage, OutboxStatus, SendResult, utcnow
+from aggregator.model import ConnectionState, Event, OutboxStatus, SendResult, utcnow
 from aggregator.store import OutboxItem, Store
 from channels.base import AuthError, ChannelAdapter, ChannelError, PermanentError, TransientError
 
@@ -179,20 +179,7 @@ class OutboxWorker:
                 )
                 await self.enqueue(outbox_id, delay=wait)
                 return OutboxStatus.QUEUED
-        message = OutboundMessage(
-            message_id=item.message_id,
-            conversation_id=item.conversation_id,
-            channel_account_id=item.channel_account_id,
-            recipient=item.recipient,
-            text=item.text,
-            attempt=item.attempts,
-            html=item.html,
-            subject=item.subject,
-            thread_ref=item.thread_ref,
-            automatic=item.automatic,
-            in_reply_to=item.references[-1] if item.references else None,
-            references=item.references,
-        )
+        message = item.outbound()
         try:
             async with asyncio.timeout(self.settings.send_timeout_seconds):
                 result: SendResult = await adapter.send(message)

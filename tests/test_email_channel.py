@@ -438,18 +438,7 @@ async def reply_from_us(core: Core, adapter: EmailChannel, conversation_id: str,
     now = datetime.now(UTC)
     item = await core.store.claim_outbox(outbox_id, now, now + timedelta(seconds=30))
     assert item is not None
-    message = OutboundMessage(
-        message_id=item.message_id,
-        conversation_id=item.conversation_id,
-        channel_account_id=item.channel_account_id,
-        recipient=item.recipient,
-        text=item.text,
-        attempt=item.attempts,
-        subject=item.subject,
-        automatic=item.automatic,
-        in_reply_to=item.references[-1] if item.references else None,
-        references=item.references,
-    )
+    message = item.outbound()
     smtp_count = len(adapter_smtp(adapter).received)
     await adapter.send(message)
     sent = adapter_smtp(adapter).received[smtp_count]

@@ -18,6 +18,7 @@ from aggregator.model import (
     DeliveryStatus,
     Direction,
     Identity,
+    OutboundMessage,
     OutboxStatus,
     Role,
     new_id,
@@ -67,6 +68,23 @@ class OutboxItem:
     recipient: Identity
     automatic: bool
     references: tuple[str, ...] = ()
+
+    def outbound(self) -> OutboundMessage:
+        """The message as the adapter sends it (this attempt's number, the thread's references)."""
+        return OutboundMessage(
+            message_id=self.message_id,
+            conversation_id=self.conversation_id,
+            channel_account_id=self.channel_account_id,
+            recipient=self.recipient,
+            text=self.text,
+            attempt=self.attempts,
+            html=self.html,
+            subject=self.subject,
+            thread_ref=self.thread_ref,
+            automatic=self.automatic,
+            in_reply_to=self.references[-1] if self.references else None,
+            references=self.references,
+        )
 
 
 class Store(InboxQueries, AdminQueries, ContactQueries):
