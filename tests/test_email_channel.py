@@ -373,6 +373,12 @@ async def test_bad_credentials_are_shown_and_not_retried(
     core: Core, dovecot: Dovecot, smtp: SmtpServer
 ) -> None:
     adapter = await start_channel(core, config(dovecot, smtp, imap_password="wrong"))
+
+    async def refused() -> bool:
+        # Dovecot answers a wrong password only after its auth_failure_delay (2 s and more).
+        return (await state_of(core, adapter.account.id))[0] == "bad_credentials"
+
+    await until(refused, 15, "the refused login shown")
     state, detail = await state_of(core, adapter.account.id)
     assert state == "bad_credentials"
     assert detail is not None and "imap_password" in detail
