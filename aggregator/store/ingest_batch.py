@@ -95,39 +95,19 @@ def ingest_batch(conn: Connection, items: Sequence[PreparedInbound], now: dateti
     """Store what is new in `items` (in order) and say where each one went."""
     m, i, c, k = t.messages, t.identities, t.conversations, t.thread_keys
 
-    dedup_keys = {(p.message.channel_account_id, p.message.external_id) for p in items}
-    existing: dict[tuple[str, str], IngestResult] = {}
-    if dedup_keys:
-        rows = _lookup(
-            conn,
-            select(m.c.id, m.c.conversation_id, m.c.channel_account_id, m.c.external_id),
-            (m.c.channel_account_id,),
-            m.c.external_id,
-            dedup_keys,
-        )
-        for row in rows:
-            existing[(row.channel_account_id, row.external_id)] = IngestResult(
-                row.id, row.conversation_id, created=False
-            )
+    existing = _stored_by(
+        conn, m.c.external_id, {(p.message.channel_account_id, p.message.external_id) for p in items}
+    )
     # The same raw original seen again under another external id (mail re-numbered by its server).
-    content_keys = {
-        (p.message.channel_account_id, p.raw_ref)
-        for p in items
-        if p.message.dedup_by_content and p.raw_ref is not None
-    }
-    same_content: dict[tuple[str, str], IngestResult] = {}
-    if content_keys:
-        rows = _lookup(
-            conn,
-            select(m.c.id, m.c.conversation_id, m.c.channel_account_id, m.c.raw_ref),
-            (m.c.channel_account_id,),
-            m.c.raw_ref,
-            content_keys,
-        )
-        for row in rows:
-            same_content[(row.channel_account_id, row.raw_ref)] = IngestResult(
-                row.id, row.conversation_id, created=False
-            )
+    same_content = _stored_by(
+        conn,
+        m.c.raw_ref,
+        {
+            (p.message.channel_account_id, p.raw_ref)
+            for p in items
+            if p.message.dedup_by_content and p.raw_ref is not None
+        },
+    )
     fresh = [
         p
         for p in items
@@ -583,6 +563,26 @@ PREVIEW_CHARS = 200
 def preview(text: str) -> str:
     """The start of a message as the inbox list shows it: one line, at most PREVIEW_CHARS characters."""
     return " ".join(text[: PREVIEW_CHARS * 2].split())[:PREVIEW_CHARS]
+
+
+def _stored_by(
+    conn: Connection, column: ColumnElement[Any], keys: set[tuple[str, str]]
+) -> dict[tuple[str, str], IngestResult]:
+    """Messages already stored, by (channel account, value of `column`): what a repeat is answered with."""
+    if not keys:
+        return {}
+    m = t.messages
+    rows = _lookup(
+        conn,
+        select(m.c.id, m.c.conversation_id, m.c.channel_account_id, column.label("value")),
+        (m.c.channel_account_id,),
+        column,
+        keys,
+    )
+    return {
+        (row.channel_account_id, row.value): IngestResult(row.id, row.conversation_id, created=False)
+        for row in rows
+    }
 
 
 def _lookup(
