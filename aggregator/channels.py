@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 
 from aggregator.bus import Bus, BusUnavailable
-from aggregator.model import ConnectionState
+from aggregator.model import ConnectionState, Identity, Reachability
 from aggregator.store import ChannelAccount, NotFound, Store
 from channels.base import AdapterContext, ChannelAccountRef, ChannelAdapter, InboundSink, Registry
 
@@ -33,6 +33,9 @@ class _Checkpoints:
 
     async def set(self, key: str, value: Any) -> None:
         await self._store.set_checkpoint(self._account_id, key, value)
+
+    async def delete(self, key: str) -> None:
+        await self._store.delete_checkpoint(self._account_id, key)
 
 
 def _version(account: ChannelAccount) -> str:
@@ -86,6 +89,12 @@ class ChannelManager:
             except Exception:
                 logger.exception("could not record connection state %s", state)
 
+        async def report_reachability(identity: Identity, reachability: Reachability) -> None:
+            try:
+                await self.store.set_reachability(account.id, identity, reachability)
+            except Exception:
+                logger.exception("could not record that %s is %s", identity.address, reachability)
+
         context = AdapterContext(
             sink=self.sink,
             checkpoints=_Checkpoints(self.store, account.id),
@@ -98,6 +107,7 @@ class ChannelManager:
             max_attachment_bytes=self.max_attachment_bytes,
             node_id=self.node_id,
             sink_many=getattr(self.sink, "ingest_many", None),
+            report_reachability=report_reachability,
         )
         ref = ChannelAccountRef(account.id, account.workspace_id, account.kind, account.name)
         return adapter_class(ref, config, context)

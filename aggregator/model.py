@@ -4,19 +4,35 @@ from __future__ import annotations
 
 import enum
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+_id_lock = threading.Lock()
+_id_last_ms = 0
+_id_last_rand = 0
+
 
 def new_id() -> str:
-    """A new record id: 32 hex digits, time-ordered (48-bit milliseconds, then 80 random bits).
+    """A new record id: 32 hex digits, time-ordered (48-bit milliseconds, then 80 bits).
 
+    Within a millisecond the 80 bits count up from a random start, so the ids one process mints are
+    strictly increasing: messages stored in one batch (same created_at) list in the order they came.
     Ids are minted for every message, contact and conversation on the ingest path, so this is kept
     to C-speed builtins (a ULID library costs about 30 microseconds an id, base32 in Python 13).
     """
-    return ((time.time_ns() // 1_000_000).to_bytes(6, "big") + os.urandom(10)).hex()
+    global _id_last_ms, _id_last_rand
+    ms = time.time_ns() // 1_000_000
+    with _id_lock:
+        if ms > _id_last_ms:
+            _id_last_ms = ms
+            # The top bit left clear, so counting up cannot overflow into the time part.
+            _id_last_rand = int.from_bytes(os.urandom(10), "big") >> 1
+        else:
+            _id_last_rand += 1
+        return f"{_id_last_ms:012x}{_id_last_rand:020x}"
 
 
 def utcnow() -> datetime:
@@ -88,6 +104,8 @@ class Identity:
     address: str
     display_name: str | None = None
     email: str | None = None
+    # The name people know the address by, where the channel has one (a Telegram @username).
+    handle: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +146,10 @@ class ThreadHints:
        account with that subject, active within `subject_window`.
     5. `by_contact`: the contact's latest conversation on the same channel account.
 
+    `external_refs` are the channel's ids of messages this one answers (a Telegram reply names the
+    message it replies to): such a message on the same channel account, ours or the customer's, puts
+    this one in its conversation, at the strength of step 1.
+
     `own_keys` (and the keys of steps 2 and 3) are registered for the conversation the message lands
     in, so later messages can find it. `thread_ref` is the channel's own name of the thread (chat id,
     API thread_id), kept on a new conversation so replies go back to the same place. `reply_refs` is
@@ -145,6 +167,7 @@ class ThreadHints:
     subject_key: str | None = None
     subject_window: timedelta | None = None
     reply_refs: tuple[str, ...] = ()
+    external_refs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +203,9 @@ class InboundMessage:
     # by its server after a UIDVALIDITY change).
     dedup_by_content: bool = False
     delivery_report: DeliveryReport | None = None
+    # Set on a new version of a message the sender edited (same external id): the stored text is
+    # replaced, the previous version kept. An edit of a message never stored is stored as new.
+    edited_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +213,17 @@ class IngestResult:
     message_id: str
     conversation_id: str
     created: bool
+    # An edit replaced the stored text (created is False then).
+    updated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Reachability:
+    """Whether a contact can be written to on a channel (a Telegram user who blocked the bot cannot)."""
+
+    blocked: bool
+    reason: str | None = None
+    at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

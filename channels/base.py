@@ -23,7 +23,15 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 
 from aggregator.bus import Bus
-from aggregator.model import ConnectionState, InboundMessage, IngestResult, OutboundMessage, SendResult
+from aggregator.model import (
+    ConnectionState,
+    Identity,
+    InboundMessage,
+    IngestResult,
+    OutboundMessage,
+    Reachability,
+    SendResult,
+)
 
 ENTRY_POINT_GROUP = "aggregator.channels"
 
@@ -137,6 +145,9 @@ class ChannelConfig(BaseModel):
 def _problem(error: Any) -> str:
     if error["type"] == "extra_forbidden":
         return "unknown setting"
+    if error["type"] == "value_error" and "error" in error.get("ctx", {}):
+        # Our own validators' messages, without pydantic's "Value error, " in front.
+        return str(error["ctx"]["error"])
     if error["type"] == "too_short" and "min_length" in error.get("ctx", {}):
         # Pydantic counts "items" for SecretStr; people count characters.
         return f"must be at least {error['ctx']['min_length']} characters long"
@@ -152,6 +163,8 @@ class ChannelAccountRef:
 
 
 InboundSink = Callable[[InboundMessage], Awaitable[IngestResult]]
+
+
 # Many messages stored in the order given (each with its own outcome): a reply is threaded after its
 # parent even when both arrive together, e.g. a mailbox catching up after an outage.
 # `queued` is set once all of them are in line for storing (see Ingestor.ingest_many).
@@ -161,14 +174,21 @@ class InboundBatchSink(Protocol):
     ) -> list[IngestResult | Exception]: ...
 
 
-
 class Checkpoints(Protocol):
     async def get(self, key: str) -> Any: ...
 
     async def set(self, key: str, value: Any) -> None: ...
 
+    async def delete(self, key: str) -> None: ...
+
 
 StateReporter = Callable[[ConnectionState, str | None], Awaitable[None]]
+# Records on a contact's identity whether it can be written to (blocked the bot, unblocked it).
+ReachabilityReporter = Callable[[Identity, Reachability], Awaitable[None]]
+
+
+async def _unrecorded(identity: Identity, reachability: Reachability) -> None:
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +206,7 @@ class AdapterContext:
     max_attachment_bytes: int
     node_id: str
     sink_many: InboundBatchSink | None = None
+    report_reachability: ReachabilityReporter = _unrecorded
 
     async def ingest_many(
         self, messages: Sequence[InboundMessage], *, queued: asyncio.Event | None = None
@@ -219,8 +240,9 @@ class ChannelAdapter(ABC, Generic[ConfigT]):
     config_model: ClassVar[type[ChannelConfig]]
     capabilities: ClassVar[Capabilities] = Capabilities()
     # True for adapters that pull from their source (IMAP, getUpdates): one process at a time may run
-    # them, under a lease on the bus. Webhook-only adapters can run in every process.
-    exclusive: ClassVar[bool] = False
+    # them, under a lease on the bus. Webhook-only adapters can run in every process. An adapter that
+    # can do either sets it per instance from its configuration.
+    exclusive: bool = False
 
     def __init__(self, account: ChannelAccountRef, config: ConfigT, context: AdapterContext) -> None:
         self.account = account

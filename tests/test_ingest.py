@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -412,3 +413,55 @@ async def test_reopening_publishes_an_event(core: Core, channel_id: str) -> None
         await core.ingest(inbound(channel_id, "m2"))
         types = [(await next_event(subscription)).type for _ in range(2)]
     assert types == ["conversation.reopened", "message.created"]
+
+
+# Edits, answers by external id, ids in order
+
+
+def at(minute: int) -> datetime:
+    return datetime(2026, 12, 3, 10, minute, tzinfo=UTC)
+
+
+async def test_an_edit_replaces_the_text_once_and_an_older_edit_is_ignored(core: Core, channel_id: str) -> None:
+    first = await core.ingest(inbound(channel_id, "m-1", text_body="v1"))
+    edited = await core.ingest(inbound(channel_id, "m-1", text_body="v2", edited_at=at(5)))
+    assert (edited.message_id, edited.created, edited.updated) == (first.message_id, False, True)
+    # Delivered again, or an older edit arriving late: nothing changes.
+    again = await core.ingest(inbound(channel_id, "m-1", text_body="v2", edited_at=at(5)))
+    late = await core.ingest(inbound(channel_id, "m-1", text_body="v1.5", edited_at=at(3)))
+    assert not again.updated and not late.updated
+    [row] = await sql(core.store, "SELECT text, edited_at, versions FROM messages")
+    assert row.text == "v2"
+    assert json.loads(row.versions) == [{"text": "v1", "replaced_at": at(5).isoformat()}]
+    # The new text is searchable.
+    assert await count(core, "search_index", "body = 'v2'") == 1
+
+
+async def test_an_edit_in_the_same_batch_as_its_original(core: Core, channel_id: str) -> None:
+    outcomes = await core.ingestor.ingest_many(
+        [
+            inbound(channel_id, "m-1", text_body="v1"),
+            inbound(channel_id, "m-1", text_body="v2", edited_at=at(1)),
+        ]
+    )
+    assert [o.created for o in outcomes if not isinstance(o, Exception)] == [True, False]
+    [row] = await sql(core.store, "SELECT text, versions FROM messages")
+    assert row.text == "v2" and [v["text"] for v in json.loads(row.versions)] == ["v1"]
+
+
+async def test_an_answer_by_external_id_joins_that_messages_conversation(core: Core, channel_id: str) -> None:
+    old = await core.ingest(inbound(channel_id, "m-1", thread=ThreadHints(by_contact=False)))
+    newer = await core.ingest(inbound(channel_id, "m-2", thread=ThreadHints(by_contact=False)))
+    assert old.conversation_id != newer.conversation_id
+    answer = await core.ingest(inbound(channel_id, "m-3", thread=ThreadHints(external_refs=("m-1",))))
+    assert answer.conversation_id == old.conversation_id
+    unknown = await core.ingest(
+        inbound(channel_id, "m-4", thread=ThreadHints(by_contact=False, external_refs=("nope",)))
+    )
+    assert unknown.conversation_id not in (old.conversation_id, newer.conversation_id)
+
+
+async def test_messages_of_one_batch_list_in_the_order_they_came(core: Core, channel_id: str) -> None:
+    await core.ingestor.ingest_many([inbound(channel_id, f"m-{n}", text_body=str(n)) for n in range(50)])
+    rows = await sql(core.store, "SELECT text FROM messages ORDER BY created_at, id")
+    assert [r.text for r in rows] == [str(n) for n in range(50)]

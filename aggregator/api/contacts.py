@@ -53,6 +53,11 @@ class IdentityOut(OutModel):
     kind: str = Field(description="the channel kind the address belongs to (api, email, telegram ...)")
     address: str = Field(description="the contact's address on that kind of channel")
     display_name: str | None
+    handle: str | None = Field(description="the channel's user name for the address (Telegram @username)")
+    blocked_at: datetime | None = Field(
+        description="set while the contact cannot be written to on this channel (e.g. blocked the bot)"
+    )
+    blocked_reason: str | None
 
 
 class ContactOut(OutModel):
@@ -82,7 +87,15 @@ class ContactOut(OutModel):
             "created_at": row.created_at,
             "updated_at": row.updated_at,
             "identities": [
-                IdentityOut(id=i.id, kind=i.kind, address=i.address, display_name=i.display_name)
+                IdentityOut(
+                    id=i.id,
+                    kind=i.kind,
+                    address=i.address,
+                    display_name=i.display_name,
+                    handle=i.handle,
+                    blocked_at=i.blocked_at,
+                    blocked_reason=i.blocked_reason,
+                )
                 for i in record.identities
             ],
         }

@@ -119,6 +119,11 @@ class AttachmentOut(OutModel):
     url: str = Field(description="download URL (needs the same bearer token)")
 
 
+class MessageVersion(OutModel):
+    text: str
+    replaced_at: datetime = Field(description="when the sender replaced this text by an edit")
+
+
 class MessageOut(OutModel):
     id: str
     conversation_id: str
@@ -140,6 +145,10 @@ class MessageOut(OutModel):
     flags: list[str]
     language: str | None
     sent_at: datetime | None
+    edited_at: datetime | None = Field(description="when the sender last edited the message")
+    versions: list[MessageVersion] = Field(
+        description="what the message said before each edit, oldest first; empty when never edited"
+    )
     created_at: datetime
 
     @classmethod
@@ -176,6 +185,8 @@ class MessageOut(OutModel):
             flags=list(row.flags or []),
             language=row.language,
             sent_at=row.sent_at,
+            edited_at=row.edited_at,
+            versions=[MessageVersion(**version) for version in row.versions or []],
             created_at=row.created_at,
         )
 

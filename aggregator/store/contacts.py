@@ -122,7 +122,16 @@ class ContactQueries(StoreBase):
         found: dict[str, list[Any]] = {cid: [] for cid in contact_ids}
         for chunk in _chunks(list(contact_ids)):
             rows = await conn.execute(
-                select(i.c.id, i.c.contact_id, i.c.kind, i.c.address, i.c.display_name)
+                select(
+                    i.c.id,
+                    i.c.contact_id,
+                    i.c.kind,
+                    i.c.address,
+                    i.c.display_name,
+                    i.c.handle,
+                    i.c.blocked_at,
+                    i.c.blocked_reason,
+                )
                 .where(i.c.contact_id.in_(chunk))
                 .order_by(i.c.created_at, i.c.id)
             )

@@ -112,17 +112,17 @@ def ingest_batch(conn: Connection, items: Sequence[PreparedInbound], now: dateti
         p
         for p in items
         if (p.message.channel_account_id, p.message.external_id) not in existing
-        and not (
-            p.message.dedup_by_content and (p.message.channel_account_id, p.raw_ref) in same_content
-        )
+        and not (p.message.dedup_by_content and (p.message.channel_account_id, p.raw_ref) in same_content)
     ]
 
     identity_keys = {(p.workspace_id, p.message.sender.kind, p.message.sender.address) for p in fresh}
-    identity_of: dict[tuple[str, str, str], tuple[str, str, str | None]] = {}
+    identity_of: dict[tuple[str, str, str], tuple[str, str, str | None, str | None]] = {}
     if identity_keys:
         rows = _lookup(
             conn,
-            select(i.c.id, i.c.contact_id, i.c.workspace_id, i.c.kind, i.c.address, i.c.display_name),
+            select(
+                i.c.id, i.c.contact_id, i.c.workspace_id, i.c.kind, i.c.address, i.c.display_name, i.c.handle
+            ),
             (i.c.workspace_id, i.c.kind),
             i.c.address,
             identity_keys,
@@ -132,6 +132,7 @@ def ingest_batch(conn: Connection, items: Sequence[PreparedInbound], now: dateti
                 row.id,
                 row.contact_id,
                 row.display_name,
+                row.handle,
             )
 
     key_pairs = {
@@ -157,6 +158,23 @@ def ingest_batch(conn: Connection, items: Sequence[PreparedInbound], now: dateti
                 row.contact_id,
             )
 
+    # Messages (ours or theirs) the channel says these answer, by their external id.
+    answered = _stored_by(
+        conn,
+        m.c.external_id,
+        {(p.message.channel_account_id, ref) for p in fresh for ref in p.message.thread.external_refs},
+    )
+    # The stored versions of messages that come again edited.
+    edited = _stored_versions(
+        conn,
+        {
+            (p.message.channel_account_id, p.message.external_id)
+            for p in items
+            if p.message.edited_at is not None
+            and (p.message.channel_account_id, p.message.external_id) in existing
+        },
+    )
+
     # Conversations named outright (reply token) or through one of our messages (our Message-ID).
     conversation_refs = {ref for p in fresh for ref in p.message.thread.conversation_refs}
     message_refs = {ref for p in fresh for ref in p.message.thread.message_refs}
@@ -170,9 +188,13 @@ def ingest_batch(conn: Connection, items: Sequence[PreparedInbound], now: dateti
         ):
             conversation_of_message[ours.id] = (ours.conversation_id, ours.channel_account_id)
     account_of_conversation: dict[str, str] = {}
-    wanted_refs = conversation_refs | {cid for cid, _ in conversation_of_message.values()}
+    wanted_refs = (
+        conversation_refs
+        | {cid for cid, _ in conversation_of_message.values()}
+        | {result.conversation_id for result in answered.values()}
+    )
 
-    known_contacts = {contact_id for _, contact_id, _ in identity_of.values()}
+    known_contacts = {contact_id for _, contact_id, _, _ in identity_of.values()}
     # (contact, channel account) -> that contact's conversations there, latest activity last.
     of_contact: dict[tuple[str, str], ContactThreads] = {}
     conversation_subjects: dict[str, str] = {}
@@ -214,6 +236,9 @@ def ingest_batch(conn: Connection, items: Sequence[PreparedInbound], now: dateti
     done_in_batch: dict[tuple[str, str], IngestResult] = {}
     content_in_batch: dict[tuple[str, str], IngestResult] = {}
     reports: list[dict[str, Any]] = []
+    # Rows of messages new in this batch, by (channel account, external id): an edit can follow.
+    new_rows: dict[tuple[str, str], dict[str, Any]] = {}
+    edits: dict[str, _Version] = {}
 
     for prepared in items:
         msg = prepared.message
@@ -225,7 +250,31 @@ def ingest_batch(conn: Connection, items: Sequence[PreparedInbound], now: dateti
         if repeat is None and content_key is not None:
             repeat = same_content.get(content_key) or content_in_batch.get(content_key)
         if repeat is not None:
-            results.append(IngestResult(repeat.message_id, repeat.conversation_id, created=False))
+            updated = False
+            if msg.edited_at is not None:
+                new_row = new_rows.get(dedup_key)
+                version = _Version.of_row(new_row) if new_row is not None else edited.get(dedup_key)
+                if version is not None and version.apply(msg):
+                    updated = True
+                    if new_row is not None:
+                        version.into_row(new_row)
+                    else:
+                        edits[repeat.message_id] = version
+                    if msg.text:
+                        search_rows.append(
+                            _search_row(ws, repeat.conversation_id, repeat.message_id, "message", msg.text)
+                        )
+                    events.append(
+                        Event(
+                            "message.updated",
+                            ws,
+                            {"message_id": repeat.message_id, "conversation_id": repeat.conversation_id},
+                            repeat.conversation_id,
+                        )
+                    )
+            results.append(
+                IngestResult(repeat.message_id, repeat.conversation_id, created=False, updated=updated)
+            )
             continue
 
         identity_key = (ws, msg.sender.kind, msg.sender.address)
@@ -251,35 +300,55 @@ def ingest_batch(conn: Connection, items: Sequence[PreparedInbound], now: dateti
                     "kind": msg.sender.kind,
                     "address": msg.sender.address,
                     "display_name": msg.sender.display_name,
+                    "handle": msg.sender.handle,
                     "created_at": now,
                 }
             )
-            if msg.sender.display_name:
-                search_rows.append(_search_row(ws, None, contact_id, "contact", msg.sender.display_name))
-            if msg.sender.email:
-                search_rows.append(_search_row(ws, None, contact_id, "contact", msg.sender.email))
-            identity_of[identity_key] = (identity_id, contact_id, msg.sender.display_name)
+            for searchable in (msg.sender.display_name, msg.sender.email, msg.sender.handle):
+                if searchable:
+                    search_rows.append(_search_row(ws, None, contact_id, "contact", searchable))
+            identity_of[identity_key] = (identity_id, contact_id, msg.sender.display_name, msg.sender.handle)
         else:
-            identity_id, contact_id, display_name = known
-            if msg.sender.display_name and msg.sender.display_name != display_name:
+            identity_id, contact_id, display_name, handle = known
+            renamed = bool(msg.sender.display_name) and msg.sender.display_name != display_name
+            new_handle = msg.sender.handle is not None and msg.sender.handle != handle
+            if renamed or new_handle:
+                name = msg.sender.display_name if renamed else display_name
                 renamed_identities.append(
                     {
                         "b_id": identity_id,
                         "b_contact": contact_id,
-                        "b_name": msg.sender.display_name,
+                        "b_name": name,
                         "b_old": display_name,
+                        "b_handle": msg.sender.handle if new_handle else handle,
                     }
                 )
                 # The old name stays searchable too: people search by the name they remember.
-                search_rows.append(_search_row(ws, None, contact_id, "contact", msg.sender.display_name))
-                identity_of[identity_key] = (identity_id, contact_id, msg.sender.display_name)
+                if renamed and name:
+                    search_rows.append(_search_row(ws, None, contact_id, "contact", name))
+                if new_handle and msg.sender.handle:
+                    search_rows.append(_search_row(ws, None, contact_id, "contact", msg.sender.handle))
+                identity_of[identity_key] = (
+                    identity_id,
+                    contact_id,
+                    name,
+                    msg.sender.handle if new_handle else handle,
+                )
 
         matches = key_matches.setdefault(account, {})
+        answers = [
+            answered.get((account, r)) or done_in_batch.get((account, r)) for r in msg.thread.external_refs
+        ]
         refs = [
             ref
             for ref in (
                 *msg.thread.conversation_refs,
-                *(conversation_of_message[r][0] for r in msg.thread.message_refs if r in conversation_of_message),
+                *(
+                    conversation_of_message[r][0]
+                    for r in msg.thread.message_refs
+                    if r in conversation_of_message
+                ),
+                *(answer.conversation_id for answer in answers if answer is not None),
             )
             if account_of_conversation.get(ref) == account
         ]
@@ -354,29 +423,30 @@ def ingest_batch(conn: Connection, items: Sequence[PreparedInbound], now: dateti
                 new_keys[(account, key)] = conversation_id
 
         message_id = new_id()
-        new_messages.append(
-            {
-                "id": message_id,
-                "workspace_id": ws,
-                "conversation_id": conversation_id,
-                "channel_account_id": account,
-                "direction": Direction.IN.value,
-                "kind": MessageKind.MESSAGE.value,
-                "sender_contact_id": contact_id,
-                "subject": msg.subject,
-                "text": msg.text,
-                "reply_text": msg.reply_text,
-                "reply_refs": list(msg.thread.reply_refs) or None,
-                "html": msg.html,
-                "external_id": msg.external_id,
-                "raw_ref": prepared.raw_ref,
-                "flags": msg.flags.as_list(),
-                "extra": prepared.extra_json if prepared.extra_json is not None else msg.extra,
-                "language": msg.language_hint,
-                "sent_at": msg.sent_at,
-                "created_at": now,
-            }
-        )
+        new_rows[dedup_key] = {
+            "id": message_id,
+            "workspace_id": ws,
+            "conversation_id": conversation_id,
+            "channel_account_id": account,
+            "direction": Direction.IN.value,
+            "kind": MessageKind.MESSAGE.value,
+            "sender_contact_id": contact_id,
+            "subject": msg.subject,
+            "text": msg.text,
+            "reply_text": msg.reply_text,
+            "reply_refs": list(msg.thread.reply_refs) or None,
+            "html": msg.html,
+            "external_id": msg.external_id,
+            "raw_ref": prepared.raw_ref,
+            "flags": msg.flags.as_list(),
+            "extra": prepared.extra_json if prepared.extra_json is not None else msg.extra,
+            "language": msg.language_hint,
+            "sent_at": msg.sent_at,
+            "edited_at": msg.edited_at,
+            "versions": None,
+            "created_at": now,
+        }
+        new_messages.append(new_rows[dedup_key])
         for attachment in prepared.attachments:
             new_attachments.append(
                 {
@@ -435,7 +505,9 @@ def ingest_batch(conn: Connection, items: Sequence[PreparedInbound], now: dateti
         conn.execute(insert(t.identities), new_identities)
     if renamed_identities:
         conn.execute(
-            update(i).where(i.c.id == bindparam("b_id")).values(display_name=bindparam("b_name")),
+            update(i)
+            .where(i.c.id == bindparam("b_id"))
+            .values(display_name=bindparam("b_name"), handle=bindparam("b_handle")),
             renamed_identities,
         )
         # The contact's name follows unless someone set it to something else.
@@ -507,6 +579,8 @@ def ingest_batch(conn: Connection, items: Sequence[PreparedInbound], now: dateti
             .values(delivery_status=bindparam("b_status"), delivery_error=bindparam("b_error")),
             reports,
         )
+    if edits:
+        _store_edits(conn, edits)
     if search_rows:
         conn.execute(SEARCH_INSERT, search_rows)
     if audit_rows:
@@ -525,7 +599,14 @@ def _candidates(
     """
     c = t.conversations
     accounts = list({p.message.channel_account_id for p in fresh})
-    columns = (c.c.id, c.c.contact_id, c.c.channel_account_id, c.c.status, c.c.subject_key, c.c.last_activity_at)
+    columns = (
+        c.c.id,
+        c.c.contact_id,
+        c.c.channel_account_id,
+        c.c.status,
+        c.c.subject_key,
+        c.c.last_activity_at,
+    )
     where = (c.c.contact_id.in_(list(contacts)), c.c.channel_account_id.in_(accounts))
     latest = (
         select(c.c.contact_id, c.c.channel_account_id, func.max(c.c.last_activity_at).label("latest"))
@@ -583,6 +664,130 @@ def _stored_by(
         (row.channel_account_id, row.value): IngestResult(row.id, row.conversation_id, created=False)
         for row in rows
     }
+
+
+@dataclass(slots=True)
+class _Version:
+    """A message's current text and what it said before, as an edit changes them."""
+
+    message_id: str
+    conversation_id: str
+    text: str
+    reply_text: str | None
+    html: str | None
+    edited_at: datetime | None
+    versions: list[dict[str, Any]]
+
+    @classmethod
+    def of_row(cls, row: dict[str, Any]) -> _Version:
+        return cls(
+            row["id"],
+            row["conversation_id"],
+            row["text"],
+            row["reply_text"],
+            row["html"],
+            row["edited_at"],
+            list(row["versions"] or []),
+        )
+
+    def apply(self, msg: InboundMessage) -> bool:
+        """Take `msg` as the new version unless it is older than, or the same as, the current one."""
+        assert msg.edited_at is not None
+        if self.edited_at is not None and msg.edited_at <= self.edited_at:
+            return False
+        if (msg.text, msg.html) == (self.text, self.html):
+            return False
+        self.versions.append({"text": self.text, "replaced_at": msg.edited_at.isoformat()})
+        self.text, self.reply_text, self.html = msg.text, msg.reply_text, msg.html
+        self.edited_at = msg.edited_at
+        return True
+
+    def into_row(self, row: dict[str, Any]) -> None:
+        row.update(
+            text=self.text,
+            reply_text=self.reply_text,
+            html=self.html,
+            edited_at=self.edited_at,
+            versions=self.versions,
+        )
+
+
+def _stored_versions(conn: Connection, keys: set[tuple[str, str]]) -> dict[tuple[str, str], _Version]:
+    if not keys:
+        return {}
+    m = t.messages
+    rows = _lookup(
+        conn,
+        select(
+            m.c.id,
+            m.c.conversation_id,
+            m.c.channel_account_id,
+            m.c.external_id,
+            m.c.text,
+            m.c.reply_text,
+            m.c.html,
+            m.c.edited_at,
+            m.c.versions,
+        ),
+        (m.c.channel_account_id,),
+        m.c.external_id,
+        keys,
+    )
+    return {
+        (row.channel_account_id, row.external_id): _Version(
+            row.id,
+            row.conversation_id,
+            row.text,
+            row.reply_text,
+            row.html,
+            row.edited_at,
+            list(row.versions or []),
+        )
+        for row in rows
+    }
+
+
+def _store_edits(conn: Connection, edits: dict[str, _Version]) -> None:
+    m, c = t.messages, t.conversations
+    conn.execute(
+        update(m)
+        .where(m.c.id == bindparam("b_id"))
+        .values(
+            text=bindparam("b_text"),
+            reply_text=bindparam("b_reply"),
+            html=bindparam("b_html"),
+            edited_at=bindparam("b_at"),
+            versions=bindparam("b_versions", type_=m.c.versions.type),
+        ),
+        [
+            {
+                "b_id": v.message_id,
+                "b_text": v.text,
+                "b_reply": v.reply_text,
+                "b_html": v.html,
+                "b_at": v.edited_at,
+                "b_versions": v.versions,
+            }
+            for v in edits.values()
+        ],
+    )
+    # The inbox preview follows when the edited message is the conversation's latest.
+    latest = (
+        select(m.c.id)
+        .where(m.c.conversation_id == bindparam("b_conv"))
+        .order_by(m.c.created_at.desc(), m.c.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    conn.execute(
+        update(c)
+        .where(c.c.id == bindparam("b_conv"), latest == bindparam("b_id"))
+        .values(last_message_preview=bindparam("b_preview")),
+        [
+            {"b_conv": v.conversation_id, "b_id": v.message_id, "b_preview": preview(v.reply_text or v.text)}
+            for v in edits.values()
+        ],
+    )
 
 
 def _lookup(

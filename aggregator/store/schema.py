@@ -184,6 +184,11 @@ identities = Table(
     Column("kind", String(32), nullable=False),
     Column("address", String(512), nullable=False),
     Column("display_name", String(400)),
+    # The channel's user name for the address (Telegram @username), kept current like display_name.
+    Column("handle", String(255)),
+    # Set while the contact cannot be written to on this channel (blocked the bot), with the reason.
+    Column("blocked_at", UTCDateTime()),
+    Column("blocked_reason", Text),
     _created(),
     UniqueConstraint("workspace_id", "kind", "address"),
 )
@@ -308,6 +313,10 @@ messages = Table(
     Column("extra", JSONText(), nullable=False, default=dict),
     Column("language", String(35)),
     Column("sent_at", UTCDateTime()),
+    # When the sender last edited it; `versions` keeps what it said before, oldest first
+    # ([{"text", "replaced_at"}]).
+    Column("edited_at", UTCDateTime()),
+    Column("versions", JSON(none_as_null=True)),
     _created(),
     UniqueConstraint("channel_account_id", "external_id"),
     Index(None, "conversation_id", "created_at", "id"),

@@ -9,7 +9,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, func, insert, or_, select, text, update
+from sqlalchemy import and_, delete, func, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from aggregator.attachments import write_files
@@ -20,6 +20,7 @@ from aggregator.model import (
     Identity,
     OutboundMessage,
     OutboxStatus,
+    Reachability,
     Role,
     new_id,
     utcnow,
@@ -226,7 +227,9 @@ class Store(InboxQueries, AdminQueries, ContactQueries):
     async def authenticate(self, token: str) -> TokenInfo | None:
         """The live token's id, workspace, user and role; None for an unknown, revoked or deactivated one."""
         query = (
-            select(t.api_tokens.c.id, t.api_tokens.c.workspace_id, t.api_tokens.c.user_id, t.api_tokens.c.role)
+            select(
+                t.api_tokens.c.id, t.api_tokens.c.workspace_id, t.api_tokens.c.user_id, t.api_tokens.c.role
+            )
             .join(t.users, t.users.c.id == t.api_tokens.c.user_id)
             .where(
                 t.api_tokens.c.token_hash == hash_token(token),
@@ -310,6 +313,45 @@ class Store(InboxQueries, AdminQueries, ContactQueries):
                         channel_account_id=account_id, key=key, value=value, updated_at=utcnow()
                     )
                 )
+
+    async def delete_checkpoint(self, account_id: str, key: str) -> None:
+        async with self.write() as conn:
+            await conn.execute(
+                delete(t.channel_checkpoints).where(
+                    t.channel_checkpoints.c.channel_account_id == account_id,
+                    t.channel_checkpoints.c.key == key,
+                )
+            )
+
+    async def set_reachability(self, account_id: str, identity: Identity, reachability: Reachability) -> bool:
+        """Record on the contact's identity whether it can be written to; False when it is unknown.
+
+        Nothing changes when the state is already the same (the service may report it again).
+        """
+        i = t.identities
+        at = reachability.at or utcnow()
+        async with self.write() as conn:
+            workspace_id = (
+                await conn.execute(
+                    select(t.channel_accounts.c.workspace_id).where(t.channel_accounts.c.id == account_id)
+                )
+            ).scalar_one_or_none()
+            if workspace_id is None:
+                return False
+            where = (
+                i.c.workspace_id == workspace_id,
+                i.c.kind == identity.kind,
+                i.c.address == identity.address,
+            )
+            if reachability.blocked:
+                values = {"blocked_at": at, "blocked_reason": reachability.reason}
+                condition = i.c.blocked_at.is_(None)
+            else:
+                values = {"blocked_at": None, "blocked_reason": None}
+                condition = i.c.blocked_at.is_not(None)
+            await conn.execute(update(i).where(*where, condition).values(**values))
+            known = (await conn.execute(select(i.c.id).where(*where))).scalar_one_or_none()
+            return known is not None
 
     # Replies and the outbox
 
