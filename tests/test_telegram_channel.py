@@ -4,6 +4,7 @@ polling and webhook, normalisation, files, edits, blocking, splitting, MarkdownV
 from __future__ import annotations
 
 import asyncio
+import io
 import itertools
 import json
 import re
@@ -597,3 +598,37 @@ async def test_rate_limits_are_shared_across_processes_through_redis(
     assert len(times) == 4
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert min(gaps) > 0.85, gaps
+
+
+async def test_a_permanent_failure_midway_says_what_the_customer_already_has(core: Core, fake: FakeTelegram) -> None:
+    adapter = await start_channel(core, config(fake))
+    message = outbound(adapter, long_reply(10_000))
+    fake.fail_next(400, after=1, description="Bad Request: chat not found")
+    with pytest.raises(PermanentError) as raised:
+        await adapter.send(message)
+    assert raised.value.reason.startswith("part 2 of 3 not sent (parts 1-1 were delivered): ")
+    assert "chat not found" in raised.value.reason.lower()
+    assert await core.store.get_checkpoint(adapter.account.id, f"out:{message.message_id}") is None
+
+
+async def test_a_missing_attachment_file_fails_for_good(core: Core, fake: FakeTelegram, tmp_path: Path) -> None:
+    adapter = await start_channel(core, config(fake))
+    gone = OutboundAttachment("label.pdf", "application/pdf", str(tmp_path / "gone.pdf"), 10)
+    with pytest.raises(PermanentError) as raised:
+        await adapter.send(outbound(adapter, "", attachments=(gone,)))
+    assert "label.pdf" in raised.value.reason
+    assert fake.sent == []
+
+
+async def test_an_oversized_webhook_body_is_refused_and_nothing_stored(
+    core: Core, fake: FakeTelegram
+) -> None:
+    base = await core.serve()
+    adapter = await start_channel(core, config(fake, mode="webhook", public_url=base))
+    url = f"{base}/channels/telegram/{adapter.account.id}/webhook"
+    huge = fake.push_message(USER, "x" * (core.settings.http.max_body_bytes + 10))
+    body = io.BytesIO(json.dumps(huge).encode())
+    headers = {SECRET_HEADER: adapter.secret, "Content-Type": "application/json"}
+    async with core.http.post(url, data=body, headers=headers) as response:
+        assert response.status == 413
+    assert await messages(core, adapter.account.id) == []

@@ -435,7 +435,9 @@ class TelegramChannel(ChannelAdapter[TelegramChannelConfig]):
         done: list[int] = []
         if steps > 1:
             saved = await self.context.checkpoints.get(key)
-            done = list(saved.get("sent", [])) if isinstance(saved, dict) else []
+            if isinstance(saved, dict):
+                done = list(saved.get("sent", []))
+                chat_id = int(saved.get("chat_id", chat_id))  # where a migrated group went
         reply_to = _reply_target(message)
         for index in range(len(done), steps):
             reply = (
@@ -460,7 +462,17 @@ class TelegramChannel(ChannelAdapter[TelegramChannelConfig]):
                     attachment=message.attachments[index - len(parts)],
                     reply=reply,
                 )
-            sent, chat_id = await self._call(call, chat_id, message.recipient)
+            try:
+                sent, chat_id = await self._call(call, chat_id, message.recipient)
+            except PermanentError as exc:
+                if steps > 1:
+                    await self.context.checkpoints.delete(key)
+                if done:
+                    # The customer has the first parts: say so, so nobody resends the whole reply blindly.
+                    raise PermanentError(
+                        f"part {index + 1} of {steps} not sent (parts 1-{len(done)} were delivered): {exc.reason}"
+                    ) from exc
+                raise
             done.append(sent.message_id)
             if steps > 1:
                 await self.context.checkpoints.set(key, {"chat_id": chat_id, "sent": done})
@@ -476,7 +488,10 @@ class TelegramChannel(ChannelAdapter[TelegramChannelConfig]):
         attachment: OutboundAttachment,
         reply: ReplyParameters | None,
     ) -> Message:
-        content = await asyncio.to_thread(Path(attachment.path).read_bytes)
+        try:
+            content = await asyncio.to_thread(Path(attachment.path).read_bytes)
+        except OSError as exc:
+            raise PermanentError(f"attachment {attachment.filename!r} cannot be read: {exc}") from exc
         upload = InputFile(content, filename=attachment.filename)
         if attachment.content_type in ("image/jpeg", "image/png") and attachment.size <= 10 * 1024 * 1024:
             return await self.bot.send_photo(chat_id, upload, reply_parameters=reply, message_thread_id=topic)
