@@ -324,6 +324,23 @@ messages = Table(
     Index(None, "channel_account_id", "raw_ref"),
 )
 
+templates = Table(
+    "templates",
+    metadata,
+    _id(),
+    _workspace(),
+    Column("name", String(200), nullable=False),
+    # What agents type to insert it as a canned response ("/where-is-my-order"), unique in a workspace.
+    Column("shortcode", String(64)),
+    Column("category", String(100)),
+    # [{"language", "subject", "body"}]: the language variants, validated when saved.
+    Column("variants", JSON, nullable=False, default=list),
+    _created(),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    UniqueConstraint("workspace_id", "name"),
+    UniqueConstraint("workspace_id", "shortcode"),
+)
+
 attachments = Table(
     "attachments",
     metadata,

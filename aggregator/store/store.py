@@ -33,6 +33,7 @@ from aggregator.store.contacts import ContactQueries
 from aggregator.store.engine import create_engine, migrate
 from aggregator.store.inbox import InboxQueries
 from aggregator.store.ingest_batch import BatchOutcome, PreparedInbound, ingest_batch
+from aggregator.store.templates import TemplateQueries
 from aggregator.store.writer import BatchWriter
 from aggregator.tokens import hash_token
 
@@ -88,7 +89,7 @@ class OutboxItem:
         )
 
 
-class Store(InboxQueries, AdminQueries, ContactQueries):
+class Store(InboxQueries, AdminQueries, ContactQueries, TemplateQueries):
     """Access to the SQL record. Adapters never see it; the core calls it."""
 
     @classmethod
