@@ -63,17 +63,6 @@ async def add_email_channel(daemon: DaemonProcess, dovecot: Dovecot, smtp: SmtpS
     return await daemon.cli(*args)
 
 
-async def wait_for(daemon: DaemonProcess, sql: str, expected: int, within: float) -> None:
-    deadline = time.monotonic() + within
-    while True:
-        value = daemon.scalar(sql) if daemon.db_path.exists() else None
-        if value == expected:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{sql} = {value}, not {expected}, after {within}s\n{daemon.log_tail()}")
-        await asyncio.sleep(0.05)
-
-
 async def test_kill_9_while_fetching_1000_mails_stores_each_exactly_once(
     tmp_path: Path, dovecot: Dovecot, smtp: SmtpServer
 ) -> None:
@@ -81,8 +70,7 @@ async def test_kill_9_while_fetching_1000_mails_stores_each_exactly_once(
     try:
         channel_id = await add_email_channel(daemon, dovecot, smtp)
         await daemon.start()
-        await wait_for(
-            daemon, f"SELECT count(*) FROM channel_accounts WHERE id = '{channel_id}' AND state = 'connected'",
+        await daemon.wait_for(f"SELECT count(*) FROM channel_accounts WHERE id = '{channel_id}' AND state = 'connected'",
             1, 30,
         )
         await dovecot.deliver_many(USER, [raw_mail(n) for n in range(1000)])
@@ -96,7 +84,7 @@ async def test_kill_9_while_fetching_1000_mails_stores_each_exactly_once(
         assert 0 < stored <= at_kill < 1000, f"the kill came too late to test anything ({at_kill} stored)"
 
         await daemon.start()
-        await wait_for(daemon, "SELECT count(*) FROM messages", 1000, 90)
+        await daemon.wait_for("SELECT count(*) FROM messages", 1000, 90)
         await asyncio.sleep(1.0)
         assert daemon.scalar("SELECT count(*) FROM messages") == 1000
         assert daemon.scalar("SELECT count(DISTINCT external_id) FROM messages") == 1000
@@ -117,8 +105,7 @@ async def test_import_command_shows_progress_resumes_and_never_stores_twice(
     try:
         channel_id = await add_email_channel(daemon, dovecot, smtp)
         await daemon.start()
-        await wait_for(
-            daemon, f"SELECT count(*) FROM channel_accounts WHERE id = '{channel_id}' AND state = 'connected'",
+        await daemon.wait_for(f"SELECT count(*) FROM channel_accounts WHERE id = '{channel_id}' AND state = 'connected'",
             1, 30,
         )
         assert daemon.scalar("SELECT count(*) FROM messages") == 0, "connecting must not import history"

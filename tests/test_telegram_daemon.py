@@ -23,17 +23,6 @@ async def fake() -> AsyncIterator[FakeTelegram]:
         yield server
 
 
-async def wait_for(daemon: DaemonProcess, sql: str, expected: int, within: float) -> None:
-    deadline = time.monotonic() + within
-    while True:
-        value = daemon.scalar(sql) if daemon.db_path.exists() else None
-        if value == expected:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{sql} = {value}, not {expected}, after {within}s\n{daemon.log_tail()}")
-        await asyncio.sleep(0.05)
-
-
 async def test_kill_9_with_500_updates_pending_stores_each_exactly_once(
     tmp_path: Path, fake: FakeTelegram
 ) -> None:
@@ -70,7 +59,7 @@ async def test_kill_9_with_500_updates_pending_stores_each_exactly_once(
         fake.poll_delay = 0.0
         await daemon.start()
         await fake.wait_confirmed(updates[-1]["update_id"], within=60)
-        await wait_for(daemon, "SELECT count(*) FROM messages", 500, 30)
+        await daemon.wait_for("SELECT count(*) FROM messages", 500, 30)
         await asyncio.sleep(0.5)
         assert daemon.scalar("SELECT count(*) FROM messages") == 500
         assert daemon.scalar("SELECT count(DISTINCT external_id) FROM messages") == 500
@@ -116,14 +105,14 @@ async def test_customer_message_in_agent_reply_out_through_the_api(tmp_path: Pat
             [sent] = fake.sent
             assert (sent.chat_id, sent.text) == (customer, "Es kommt morgen.")
             assert sent.reply_to_message_id == first["message"]["message_id"]
-            await wait_for(daemon, "SELECT count(*) FROM messages WHERE delivery_status = 'sent'", 1, 30)
+            await daemon.wait_for("SELECT count(*) FROM messages WHERE delivery_status = 'sent'", 1, 30)
 
             # The customer blocks the bot: the next reply fails for good, with the reason, and the
             # contact is marked.
             fake.blocked_chats.add(customer)
             again = await agent.post(f"/conversations/{conversation['id']}/messages", {"text": "Noch Fragen?"})
             assert again.status == 202
-            await wait_for(daemon, "SELECT count(*) FROM messages WHERE delivery_status = 'failed'", 1, 30)
+            await daemon.wait_for("SELECT count(*) FROM messages WHERE delivery_status = 'failed'", 1, 30)
             error = daemon.scalar("SELECT delivery_error FROM messages WHERE delivery_status = 'failed'")
             assert "blocked the bot" in error
             contact = await agent.get(f"/contacts/{conversation['contact']['id']}")

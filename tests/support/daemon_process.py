@@ -274,6 +274,17 @@ class DaemonProcess:
         rows = self.query(sql, *params)
         return rows[0][0] if rows else None
 
+    async def wait_for(self, sql: str, expected: Any, within: float) -> None:
+        """Until the query's single value is `expected`; fails with the value seen and the daemon's log."""
+        deadline = time.monotonic() + within
+        while True:
+            value = self.scalar(sql) if self.db_path.exists() else None
+            if value == expected:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{sql} = {value}, not {expected}, after {within}s\n{self.log_tail()}")
+            await asyncio.sleep(0.05)
+
     async def readyz(self) -> tuple[int, dict[str, Any]]:
         async with (
             aiohttp.ClientSession() as http,
