@@ -252,6 +252,9 @@ class OutboundMessage:
     automatic: bool = False
     # What the conversation's latest inbound message asked replies to point at (ThreadHints.reply_refs).
     references: tuple[str, ...] = ()
+    # The same reply as Telegram MarkdownV2, escaped (from a template): a channel that formats that way
+    # sends it instead of escaping `text`; None for replies typed as plain text.
+    markdown_v2: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -563,8 +563,14 @@ class InboxQueries(StoreBase):
         subject: str | None = None,
         automatic: bool = False,
         now: datetime | None = None,
+        language: str | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> tuple[str, str | None]:
-        """A reply (message + outbox row) or a private note, in one transaction: (message id, outbox id)."""
+        """A reply (message + outbox row) or a private note, in one transaction: (message id, outbox id).
+
+        `extra` holds what the outbox hands the adapter besides text and HTML (`markdown_v2`, `template`).
+        An automatic reply does not count as the first response.
+        """
         now = now or utcnow()
         message_id = new_id()
         outbox_id = None if private else new_id()
@@ -593,7 +599,8 @@ class InboxQueries(StoreBase):
                     html=html,
                     delivery_status=None if private else DeliveryStatus.QUEUED.value,
                     flags=["automatic"] if automatic else [],
-                    extra={},
+                    extra=extra or {},
+                    language=language,
                     created_at=now,
                 )
             )

@@ -70,6 +70,7 @@ class OutboxItem:
     recipient: Identity
     automatic: bool
     references: tuple[str, ...] = ()
+    markdown_v2: str | None = None
 
     def outbound(self) -> OutboundMessage:
         """The message as the adapter sends it (this attempt's number, the thread's references)."""
@@ -86,7 +87,13 @@ class OutboxItem:
             automatic=self.automatic,
             in_reply_to=self.references[-1] if self.references else None,
             references=self.references,
+            markdown_v2=self.markdown_v2,
         )
+
+
+def _markdown_v2_of(extra: Any) -> str | None:
+    value = extra.get("markdown_v2") if isinstance(extra, dict) else None
+    return value if isinstance(value, str) else None
 
 
 class Store(InboxQueries, AdminQueries, ContactQueries, TemplateQueries):
@@ -366,6 +373,9 @@ class Store(InboxQueries, AdminQueries, ContactQueries, TemplateQueries):
         html: str | None = None,
         subject: str | None = None,
         automatic: bool = False,
+        language: str | None = None,
+        extra: dict[str, Any] | None = None,
+        now: datetime | None = None,
     ) -> tuple[str, str]:
         """Store an outgoing message and its outbox row in one transaction: (message id, outbox id)."""
         message_id, outbox_id = await self.create_message(
@@ -377,6 +387,9 @@ class Store(InboxQueries, AdminQueries, ContactQueries, TemplateQueries):
             html=html,
             subject=subject,
             automatic=automatic,
+            language=language,
+            extra=extra,
+            now=now,
         )
         assert outbox_id is not None
         return message_id, outbox_id
@@ -417,6 +430,7 @@ class Store(InboxQueries, AdminQueries, ContactQueries, TemplateQueries):
                         m.c.html,
                         m.c.subject,
                         m.c.flags,
+                        m.c.extra,
                         c.c.thread_ref,
                         c.c.subject.label("conversation_subject"),
                         i.c.kind,
@@ -456,6 +470,7 @@ class Store(InboxQueries, AdminQueries, ContactQueries, TemplateQueries):
             recipient=Identity(row.kind, row.address, row.display_name),
             automatic="automatic" in row.flags,
             references=tuple(reply_refs or ()),
+            markdown_v2=_markdown_v2_of(row.extra),
         )
 
     async def finish_outbox(
