@@ -7,10 +7,11 @@ import asyncio
 import io
 import itertools
 import json
+import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +28,12 @@ from aggregator.model import (
     new_id,
 )
 from aggregator.store.admin import ChannelChange
+from aggregator.templates import Format, Rendered, Variant, build_context, render
 from channels.base import AuthError, ChannelAdapter, PermanentError, RateLimited, TransientError
 from channels.telegram import TelegramChannel
 from channels.telegram.adapter import SECRET_HEADER
-from fakes.telegram import FakeTelegram
+from channels.telegram.text import split_text
+from fakes.telegram import FakeTelegram, parse_markdown_v2
 from support.app import Core, closed_port, make_settings, open_core, sql
 from support.redis_server import RedisServer
 
@@ -524,6 +527,171 @@ async def test_markdown_v2_special_characters_arrive_intact(core: Core, fake: Fa
     [sent] = fake.sent
     assert sent.parse_mode == "MarkdownV2"
     assert sent.text == text
+
+
+def rendered(body: str) -> Rendered:
+    """A reply rendered from a template, as the outbox gets it: plain text and MarkdownV2."""
+    context = build_context(
+        contact={"name": "Ana"},
+        conversation={"id": "c1", "channel": "telegram"},
+        agent=None,
+        workspace={"name": "Shop"},
+        order=None,
+        now=datetime.now(UTC),
+        language="en",
+    )
+    return render(Variant("en", body), context, {Format.MARKDOWN_V2})
+
+
+def formatted(adapter: ChannelAdapter[Any], body: str, **fields: Any) -> OutboundMessage:
+    reply = rendered(body)
+    assert reply.markdown_v2 is not None
+    return outbound(adapter, reply.text, markdown_v2=reply.markdown_v2, **fields)
+
+
+def long_markdown_body() -> str:
+    """Three Markdown paragraphs of about 2,000 characters, with bold, italic, links and code."""
+    return "\n\n".join(
+        f"**Order {n}**, dear {{{{ contact.first_name }}}}: _{LOREM.strip()}_ "
+        + LOREM * 5
+        + f"See [your order](https://shop.example/orders/{n}_a) or type `/status {n}`."
+        for n in (1, 2, 3)
+    )
+
+
+async def test_markdown_v2_from_a_template_is_sent_as_rendered(core: Core, fake: FakeTelegram) -> None:
+    adapter = await start_channel(core, config(fake, formatting="markdownv2"))
+    message = formatted(
+        adapter,
+        "Hi {{ contact.first_name }}! Your **order** ships _today_: [track it](https://t.example/a_b).",
+    )
+    await adapter.send(message)
+    [sent] = fake.sent
+    assert sent.parse_mode == "MarkdownV2"
+    assert sent.raw_text == message.markdown_v2
+    assert sent.text == "Hi Ana! Your order ships today: track it."
+    assert {e["type"] for e in sent.entities} == {"bold", "italic", "text_link"}
+    [link] = [e for e in sent.entities if e["type"] == "text_link"]
+    assert link["url"] == "https://t.example/a_b"
+
+
+async def test_a_long_markdown_v2_reply_is_split_between_paragraphs(core: Core, fake: FakeTelegram) -> None:
+    adapter = await start_channel(core, config(fake, formatting="markdownv2"))
+    message = formatted(adapter, long_markdown_body(), references=("42",))
+    assert message.markdown_v2 is not None and len(message.markdown_v2) > 6000
+    await adapter.send(message)
+    sent = fake.sent
+    assert len(sent) >= 2
+    assert all(s.parse_mode == "MarkdownV2" and s.raw_text is not None for s in sent)
+    assert all(len(s.raw_text or "") <= 4096 for s in sent)
+    # Each part is a run of whole paragraphs of our source: all of it, once, in order.
+    assert "\n\n".join(s.raw_text or "" for s in sent) == message.markdown_v2
+    shown, entities = parse_markdown_v2(message.markdown_v2)
+    assert " ".join(s.text for s in sent).split() == shown.split()
+    assert sum(len(s.entities) for s in sent) == len(entities)
+    assert [s.reply_to_message_id for s in sent] == [42] + [None] * (len(sent) - 1)
+    assert await core.store.get_checkpoint(adapter.account.id, f"out:{message.message_id}") is None
+
+
+async def test_a_retry_of_a_markdown_v2_reply_sends_the_same_remaining_parts(
+    core: Core, fake: FakeTelegram
+) -> None:
+    adapter = await start_channel(core, config(fake, formatting="markdownv2"))
+    message = formatted(adapter, long_markdown_body())
+    fake.fail_next(502, after=1)
+    with pytest.raises(TransientError):
+        await adapter.send(message)
+    assert len(fake.sent) == 1
+    await adapter.send(message)
+    assert "\n\n".join(s.raw_text or "" for s in fake.sent) == message.markdown_v2
+
+
+async def test_plain_formatting_sends_the_plain_text_of_a_template(core: Core, fake: FakeTelegram) -> None:
+    adapter = await start_channel(core, config(fake, formatting="plain"))
+    message = formatted(adapter, "Your **order** ships _today_: [track it](https://t.example/a_b).")
+    await adapter.send(message)
+    [sent] = fake.sent
+    assert sent.parse_mode is None
+    assert sent.raw_text == message.text == "Your order ships today: track it (https://t.example/a_b)."
+    assert sent.entities == ()
+
+
+async def test_markdown_v2_telegram_cannot_parse_is_sent_as_plain_text(
+    core: Core, fake: FakeTelegram, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    adapter = await start_channel(core, config(fake, formatting="markdownv2"))
+    label = tmp_path / "label.pdf"
+    label.write_bytes(b"%PDF-1.4 label")
+    attachment = OutboundAttachment("label.pdf", "application/pdf", str(label), label.stat().st_size)
+    for attachments in ((), (attachment,)):
+        fake.sent.clear()
+        # Unbalanced bold: Telegram answers 400 "can't parse entities".
+        message = outbound(
+            adapter,
+            "*Your order (no. 5) ships today!",
+            markdown_v2="*Your order \\(no\\. 5\\) ships today\\!",
+            references=("41",),
+            attachments=attachments,
+        )
+        await adapter.send(message)
+        assert [s.method for s in fake.sent] == ["sendMessage"] + ["sendDocument"] * len(attachments)
+        text = fake.sent[0]
+        assert text.text == message.text and text.parse_mode == "MarkdownV2" and text.entities == ()
+        assert text.reply_to_message_id == 41
+        assert await core.store.get_checkpoint(adapter.account.id, f"out:{message.message_id}") is None
+    refused = [c for c in fake.calls_to("sendMessage") if c.params["text"].startswith("*Your")]
+    assert len(refused) == 2
+    assert "cannot parse its MarkdownV2" in caplog.text
+
+
+async def test_a_retry_after_falling_back_to_plain_text_goes_on_in_plain_text(
+    core: Core, fake: FakeTelegram
+) -> None:
+    adapter = await start_channel(core, config(fake, formatting="markdownv2"))
+    # Contrived so that the plain text takes more parts than the MarkdownV2 did.
+    message = outbound(adapter, long_reply(5000), markdown_v2="*not closed")
+    fake.fail_next(502, after=2)  # our MarkdownV2 (refused), plain part 1, then plain part 2 fails
+    with pytest.raises(TransientError):
+        await adapter.send(message)
+    assert len(fake.sent) == 1
+    saved = await core.store.get_checkpoint(adapter.account.id, f"out:{message.message_id}")
+    assert saved["plain"] is True and len(saved["sent"]) == 1
+    await adapter.send(message)
+    assert [s.text for s in fake.sent] == split_text(message.text)
+    assert [c.params["text"] for c in fake.calls_to("sendMessage")].count("*not closed") == 1
+    assert await core.store.get_checkpoint(adapter.account.id, f"out:{message.message_id}") is None
+
+
+async def test_a_refused_markdown_v2_part_of_several_fails_for_good(core: Core, fake: FakeTelegram) -> None:
+    adapter = await start_channel(core, config(fake, formatting="markdownv2"))
+    message = formatted(adapter, long_markdown_body())
+    assert message.markdown_v2 is not None
+    # A reserved character left unescaped in the last paragraph: only that part is refused.
+    broken = message.markdown_v2 + " oops."
+    message = outbound(adapter, message.text, markdown_v2=broken)
+    with pytest.raises(PermanentError) as raised:
+        await adapter.send(message)
+    assert len(fake.sent) >= 1
+    reason = raised.value.reason
+    parts = len(fake.sent) + 1
+    assert reason.startswith(f"part {parts} of {parts} not sent (parts 1-{parts - 1} were delivered): ")
+    assert "cannot parse the MarkdownV2" in reason and "can't parse entities" in reason.lower()
+    assert await core.store.get_checkpoint(adapter.account.id, f"out:{message.message_id}") is None
+
+
+async def test_markdown_v2_that_cannot_be_split_is_sent_as_plain_text(
+    core: Core, fake: FakeTelegram, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    adapter = await start_channel(core, config(fake, formatting="markdownv2"))
+    # One paragraph of 5,000 characters: no place to cut it as MarkdownV2.
+    message = formatted(adapter, "**Note:** " + LOREM * 15)
+    assert message.markdown_v2 is not None and "\n" not in message.markdown_v2
+    await adapter.send(message)
+    assert [s.text for s in fake.sent] == split_text(message.text)
+    assert all(s.parse_mode == "MarkdownV2" and s.entities == () for s in fake.sent)
+    assert "its MarkdownV2 is sent as plain text" in caplog.text
 
 
 async def test_a_retry_after_a_failure_midway_sends_only_the_rest(core: Core, fake: FakeTelegram) -> None:

@@ -18,9 +18,11 @@ from channels.telegram.text import (
     TEXT_LIMIT,
     escape_markdown_v2,
     split_for_markdown_v2,
+    split_markdown_v2,
     split_text,
     utf16_len,
 )
+from fakes.telegram import parse_markdown_v2
 
 FAMILY = "\U0001f468\u200d\U0001f469\u200d\U0001f467\u200d\U0001f466"  # 11 UTF-16 units
 FLAGS = ["\U0001f1fa\U0001f1e6", "\U0001f1e9\U0001f1ea", "\U0001f1eb\U0001f1f7", "\U0001f1ef\U0001f1f5"]
@@ -406,3 +408,210 @@ def test_split_for_markdown_v2_parts_are_escaped_and_within_the_parsed_limit() -
     assert any(utf16_len(escaped) > limit for escaped in parts)
     assert split_for_markdown_v2("") == []
     assert split_for_markdown_v2("a.b") == ["a\\.b"]
+
+
+# ------------------------------------------------------------------------------------------------
+# split_markdown_v2: MarkdownV2 already formatted, cut only between blocks outside entities
+
+
+def _markdown_paragraph(length: int, seed: int = 3) -> str:
+    """A MarkdownV2 paragraph of about `length` characters: escaped text, bold, italic, code, links."""
+    rng = random.Random(seed)
+    pieces = [
+        lambda w: w,
+        lambda w: f"*{w}*",
+        lambda w: f"_{w}_",
+        lambda w: f"`{w}`",
+        lambda w: f"[{w}](https://shop.example/{w})",
+        lambda w: escape_markdown_v2(f"{w}."),
+    ]
+    words: list[str] = []
+    size = 0
+    while size < length:
+        words.append(rng.choice(pieces)(rng.choice(WORDS)))
+        size += len(words[-1]) + 1
+    return " ".join(words)
+
+
+def _assert_markdown_rejoins(source: str, parts: list[str]) -> list[str]:
+    """The parts are the source in order, cut only at runs of line breaks, which are all that is dropped."""
+    position = 0
+    gaps: list[str] = []
+    for index, part in enumerate(parts):
+        found = source.find(part, position)
+        assert found >= 0, (index, part)
+        gap = source[position:found]
+        if index > 0:
+            assert gap and set(gap) == {"\n"}, (index, gap)
+            gaps.append(gap)
+        else:
+            assert gap == "", gap
+        position = found + len(part)
+    assert source[position:] == "" or source[position:].isspace()
+    return gaps
+
+
+def _assert_parts_parse(parts: list[str], limit: int) -> None:
+    for part in parts:
+        assert utf16_len(part) <= limit, utf16_len(part)
+        parse_markdown_v2(part)  # raises EntityError when Telegram would refuse it
+
+
+def test_split_markdown_v2_short_source_is_one_part() -> None:
+    source = _markdown_paragraph(300) + "\n\n" + _markdown_paragraph(300, seed=4)
+    assert split_markdown_v2(source) == [source]
+    assert split_markdown_v2("*exactly at the limit*", limit=22) == ["*exactly at the limit*"]
+    assert split_markdown_v2("") == []
+    assert split_markdown_v2(" \n\n ") == []
+    # Within the limit the source is not checked: Telegram says whether it parses.
+    assert split_markdown_v2("*not closed") == ["*not closed"]
+
+
+def test_split_markdown_v2_long_source_splits_at_paragraphs() -> None:
+    paragraphs = [_markdown_paragraph(700, seed=n) for n in range(20)]
+    source = "\n\n".join(paragraphs)
+    parse_markdown_v2(source)
+    parts = split_markdown_v2(source)
+    assert parts is not None and len(parts) >= 4
+    _assert_parts_parse(parts, TEXT_LIMIT)
+    assert "\n\n".join(parts) == source
+    assert _assert_markdown_rejoins(source, parts) == ["\n\n"] * (len(parts) - 1)
+    # Greedy: each part is as full as whole paragraphs allow.
+    for part, after in itertools.pairwise(parts):
+        assert utf16_len(part) + 2 + utf16_len(after.split("\n\n")[0]) > TEXT_LIMIT
+    # Paragraphs stay whole.
+    assert [p for part in parts for p in part.split("\n\n")] == paragraphs
+
+
+def test_split_markdown_v2_cuts_at_a_line_when_no_paragraph_fits() -> None:
+    lines = [_markdown_paragraph(60, seed=n) for n in range(10)]
+    source = "\n".join(lines) + "\n\n" + _markdown_paragraph(60, seed=99)
+    parts = split_markdown_v2(source, limit=250)
+    assert parts is not None and len(parts) > 1
+    _assert_parts_parse(parts, 250)
+    gaps = _assert_markdown_rejoins(source, parts)
+    assert "\n" in gaps
+    assert [line for part in parts for line in part.split("\n") if line] == [
+        line for line in source.split("\n") if line
+    ]
+
+
+def test_split_markdown_v2_prefers_a_paragraph_break_unless_it_leaves_a_short_part() -> None:
+    first = "\n".join(["line " + "a" * 40] * 3)  # 136 characters
+    second = "\n".join(["line " + "b" * 40] * 3)
+    parts = split_markdown_v2(first + "\n\n" + second, limit=200)
+    assert parts == [first, second]
+    # A 10-character paragraph before a 200-line block: the first part is filled up to a line instead.
+    short = "tiny para"
+    source = short + "\n\n" + "\n".join(f"line {n} " + "c" * 30 for n in range(12))
+    parts = split_markdown_v2(source, limit=200)
+    assert parts is not None and parts[0].startswith(short + "\n\nline 0") and utf16_len(parts[0]) > 150
+    _assert_markdown_rejoins(source, parts)
+
+
+def test_split_markdown_v2_never_cuts_inside_a_fenced_code_block() -> None:
+    before = _markdown_paragraph(30)
+    code = "```python\nfirst = 1\n\nsecond = 2\n\n\nthird = [x * 2 for x in range(3)]\n```"
+    after = _markdown_paragraph(30, seed=5)
+    assert max(len(before), len(after)) < len(code)
+    source = "\n\n".join([before, code, after])
+    for limit in range(len(code), len(source)):
+        parts = split_markdown_v2(source, limit=limit)
+        assert parts is not None, limit
+        assert any(code in part for part in parts), (limit, parts)
+        _assert_parts_parse(parts, limit)
+        _assert_markdown_rejoins(source, parts)
+    # Smaller than the code block: it cannot be sent whole.
+    assert split_markdown_v2(source, limit=len(code) - 1) is None
+
+
+def test_split_markdown_v2_never_cuts_inside_an_entity_spanning_lines() -> None:
+    bold = "*bold from here\n\nacross a blank line\nand a line*"
+    link = "[link text\n\nover two paragraphs](https://shop.example/a_b)"
+    code = "`inline code\n\nwith a *star* and _underscore_`"
+    for entity in (bold, link, code):
+        source = "\n\n".join(["a" * 50, entity, "b" * 50, "c" * 50])
+        parts = split_markdown_v2(source, limit=len(entity) + 10)
+        assert parts is not None
+        assert entity in parts, (entity, parts)
+        _assert_parts_parse(parts, len(entity) + 10)
+        _assert_markdown_rejoins(source, parts)
+
+
+def test_split_markdown_v2_escaped_markers_are_not_entities() -> None:
+    # \* \_ \` \[ are plain characters: nothing is open at the blank lines.
+    source = "\n\n".join(["price \\*\\_\\`\\[ " + "a" * 40, "b" * 50, "end \\] " + "c" * 40])
+    assert split_markdown_v2(source, limit=60) == source.split("\n\n")
+    # An escaped backslash does not escape the star after it: that star opens bold.
+    source = "x \\\\*bold\n\nstill bold* " + "d" * 30 + "\n\n" + "e" * 30
+    parts = split_markdown_v2(source, limit=60)
+    assert parts == ["x \\\\*bold\n\nstill bold* " + "d" * 30, "e" * 30]
+    # An escaped line break is text, not a place to cut.
+    assert split_markdown_v2("f" * 30 + "\\\n" + "g" * 30, limit=40) is None
+    # In code only ` and \ matter: a \` inside does not end it.
+    source = "`code \\` and * _\n\nstill code`\n\n" + "h" * 30
+    assert split_markdown_v2(source, limit=40) == ["`code \\` and * _\n\nstill code`", "h" * 30]
+
+
+def test_split_markdown_v2_unsplittable_is_none() -> None:
+    long_paragraph = _markdown_paragraph(5000)
+    assert "\n" not in long_paragraph
+    assert split_markdown_v2(long_paragraph) is None
+    assert split_markdown_v2("intro\n\n" + long_paragraph + "\n\noutro") is None
+    # An entity never closed, in source that must be split.
+    assert split_markdown_v2("\n\n".join(["a" * 30, "*b" + "b" * 30, "c" * 30]), limit=40) is None
+    assert split_markdown_v2("\n\n".join(["a" * 30, "[link](https://x.example" + "c" * 30]), limit=40) is None
+    with pytest.raises(ValueError):
+        split_markdown_v2("ab", limit=1)
+
+
+def test_split_markdown_v2_counts_utf16_units() -> None:
+    block = GRINNING * 20  # 40 units, 20 characters
+    source = "\n\n".join([block] * 3)
+    assert split_markdown_v2(source, limit=84) == [block + "\n\n" + block, block]
+    assert split_markdown_v2(source, limit=81) == [block] * 3
+
+
+_MARKDOWN_PIECES = st.sampled_from(
+    [
+        "word",
+        "two words",
+        "*bold*",
+        "*bold\nover lines*",
+        "_italic_",
+        "__under__",
+        "~strike~",
+        "||spoiler||",
+        "`code * _`",
+        "`code\n\nblank`",
+        "```\nA\n\nB\n```",
+        "```py\nx = 1\n```",
+        "[link](https://shop.example/a_\\)b)",
+        "[link\n\ntext](https://shop.example/)",
+        "\\*not bold\\*",
+        "a \\\\ b",
+        "1\\. item",
+        f"{GRINNING} emoji",
+        "*bold _italic_ and `code`*",
+    ]
+)
+_SEPARATORS = st.sampled_from([" ", "\n", "\n\n", "\n\n\n"])
+
+
+@settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    pieces=st.lists(st.tuples(_MARKDOWN_PIECES, _SEPARATORS), min_size=1, max_size=60),
+    limit=st.integers(min_value=20, max_value=300),
+)
+def test_split_markdown_v2_properties(pieces: list[tuple[str, str]], limit: int) -> None:
+    source = "".join(piece + separator for piece, separator in pieces).rstrip("\n ")
+    shown, _ = parse_markdown_v2(source)
+    parts = split_markdown_v2(source, limit)
+    if parts is None:
+        assert utf16_len(source) > limit
+        return
+    _assert_parts_parse(parts, limit)
+    _assert_markdown_rejoins(source, parts)
+    # What the recipient sees, all of it, once.
+    seen = "".join(parse_markdown_v2(part)[0] for part in parts)
+    assert "".join(seen.split()) == "".join(shown.split())

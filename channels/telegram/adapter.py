@@ -8,8 +8,9 @@ Receiving, in one of two modes:
   /channels/telegram/{id}/webhook with it in X-Telegram-Bot-Api-Secret-Token, and any process can
   take them. The answer is 200 only once the update is stored, so Telegram retries otherwise.
 
-Sending: text split to Telegram's 4,096 characters at paragraph, sentence or word boundaries,
-then the attachments; each part waits for the shared rate limits (per chat and per bot) on the bus.
+Sending: text split to Telegram's 4,096 characters at paragraph, sentence or word boundaries (a reply
+already rendered as MarkdownV2 only between blocks, outside entities), then the attachments; each part
+waits for the shared rate limits (per chat and per bot) on the bus.
 The parts already sent are kept in a checkpoint, so a retry after a failure in the middle sends
 only the rest.
 """
@@ -69,7 +70,7 @@ from channels.base import (
     TransientError,
 )
 from channels.telegram.config import TelegramChannelConfig
-from channels.telegram.text import TEXT_LIMIT, split_for_markdown_v2, split_text
+from channels.telegram.text import TEXT_LIMIT, split_for_markdown_v2, split_markdown_v2, split_text
 from channels.telegram.updates import (
     ALLOWED_UPDATES,
     KIND,
@@ -422,24 +423,46 @@ class TelegramChannel(ChannelAdapter[TelegramChannelConfig]):
     # Sending
 
     async def send(self, message: OutboundMessage) -> SendResult:
+        """Send the text parts, then the attachments, each part resumed from the checkpoint after a failure.
+
+        What text is sent, by `formatting`:
+        - plain: `message.text`, split by `split_text`, no parse_mode;
+        - markdownv2, no `message.markdown_v2` (typed as plain text): `message.text` split, each part
+          escaped (`split_for_markdown_v2`);
+        - markdownv2 with `message.markdown_v2` (rendered from a template): that MarkdownV2 as it is,
+          split between blocks outside entities by `split_markdown_v2`. When it cannot be (a block over
+          4,096 characters by itself, an entity never closed), the whole reply goes as escaped plain text
+          instead, and the log says why at info.
+
+        If Telegram cannot parse our MarkdownV2 (400 "can't parse entities") and it was a single part,
+        nothing was delivered: the reply is sent again as escaped plain text, from `message.text` (which
+        the checkpoint remembers, so a retry continues with the same parts). When it came in several
+        parts the plain text of the refused part is not known, so the send fails for good
+        (PermanentError), saying which part Telegram refused and which were delivered.
+        """
         target = parse_thread_ref(message.thread_ref) or parse_thread_ref(message.recipient.address)
         if target is None:
             raise PermanentError(f"{message.recipient.address!r} is not a Telegram chat id")
         chat_id, topic = target
         markdown = self.config.formatting == "markdownv2"
-        parts = split_for_markdown_v2(message.text) if markdown else split_text(message.text)
-        steps = len(parts) + len(message.attachments)
-        if steps == 0:
-            raise PermanentError("nothing to send: the message has no text and no attachments")
+        parts, formatted = self._text_parts(message)
         key = f"out:{message.message_id}"
         done: list[int] = []
-        if steps > 1:
+        plain_again = False  # our MarkdownV2 was refused: the reply is being sent as plain text instead
+        # A single MarkdownV2 part may have become several plain ones: its checkpoint says so.
+        if len(parts) + len(message.attachments) > 1 or formatted:
             saved = await self.context.checkpoints.get(key)
             if isinstance(saved, dict):
                 done = list(saved.get("sent", []))
                 chat_id = int(saved.get("chat_id", chat_id))  # where a migrated group went
+                if formatted and saved.get("plain"):
+                    parts, formatted, plain_again = split_for_markdown_v2(message.text), False, True
+        steps = len(parts) + len(message.attachments)
+        if steps == 0:
+            raise PermanentError("nothing to send: the message has no text and no attachments")
         reply_to = _reply_target(message)
-        for index in range(len(done), steps):
+        index = len(done)
+        while index < steps:
             reply = (
                 ReplyParameters(message_id=reply_to, allow_sending_without_reply=True)
                 if index == 0 and reply_to is not None
@@ -465,20 +488,71 @@ class TelegramChannel(ChannelAdapter[TelegramChannelConfig]):
             try:
                 sent, chat_id = await self._call(call, chat_id, message.recipient)
             except PermanentError as exc:
+                reason = exc.reason
+                if formatted and index < len(parts) and _unparsable(exc):
+                    plain = split_for_markdown_v2(message.text)
+                    if len(parts) == 1 and plain:
+                        # Nothing of the reply is out yet (its text is the first step): send it as plain text.
+                        self.context.logger.info(
+                            "telegram %s: message %s: Telegram cannot parse its MarkdownV2 (%s); sent as "
+                            "plain text",
+                            self.account.id,
+                            message.message_id,
+                            reason,
+                        )
+                        parts, formatted, plain_again = plain, False, True
+                        steps = len(parts) + len(message.attachments)
+                        if steps > 1:
+                            await self.context.checkpoints.set(
+                                key, {"chat_id": chat_id, "sent": done, "plain": True}
+                            )
+                        continue
+                    reason = (
+                        f"Telegram cannot parse the MarkdownV2 of text part {index + 1} of {len(parts)}, and "
+                        f"that part's plain text is not known, to send it instead: {reason}"
+                    )
                 if steps > 1:
                     await self.context.checkpoints.delete(key)
                 if done:
                     # The customer has the first parts: say so, so nobody resends the whole reply blindly.
                     raise PermanentError(
-                        f"part {index + 1} of {steps} not sent (parts 1-{len(done)} were delivered): {exc.reason}"
+                        f"part {index + 1} of {steps} not sent (parts 1-{len(done)} were delivered): {reason}"
                     ) from exc
+                if reason != exc.reason:
+                    raise PermanentError(reason) from exc
                 raise
             done.append(sent.message_id)
+            index += 1
             if steps > 1:
-                await self.context.checkpoints.set(key, {"chat_id": chat_id, "sent": done})
+                progress: dict[str, Any] = {"chat_id": chat_id, "sent": done}
+                if plain_again:
+                    progress["plain"] = True
+                await self.context.checkpoints.set(key, progress)
         if steps > 1:
             await self.context.checkpoints.delete(key)
         return SendResult(external_id=external_id(chat_id, done[0]))
+
+    def _text_parts(self, message: OutboundMessage) -> tuple[list[str], bool]:
+        """The text parts to send and whether they are our MarkdownV2 (not escaped plain text); see send()."""
+        if self.config.formatting != "markdownv2":
+            return split_text(message.text), False
+        if message.markdown_v2 is not None:
+            parts = split_markdown_v2(message.markdown_v2)
+            if parts:
+                return parts, True
+            why = (
+                "it is empty"
+                if parts is not None
+                else f"it cannot be split into messages of {TEXT_LIMIT} characters between blocks outside "
+                "entities (a paragraph or code block longer than that, or an entity not closed)"
+            )
+            self.context.logger.info(
+                "telegram %s: message %s: its MarkdownV2 is sent as plain text: %s",
+                self.account.id,
+                message.message_id,
+                why,
+            )
+        return split_for_markdown_v2(message.text), False
 
     async def _send_file(
         self,
@@ -602,6 +676,12 @@ def _reply_target(message: OutboundMessage) -> int | None:
         with contextlib.suppress(ValueError):
             return int(ref)
     return None
+
+
+def _unparsable(exc: PermanentError) -> bool:
+    """Whether Telegram refused a message because it cannot parse its entities (our MarkdownV2)."""
+    cause = exc.__cause__
+    return isinstance(cause, BadRequest) and "can't parse entities" in cause.message.lower()
 
 
 def _retry_seconds(exc: RetryAfter) -> float:

@@ -28,6 +28,10 @@ it was cut at. Other whitespace is kept, including the text's own leading and tr
 except that whitespace at the start of a part is dropped when it would fill the whole part (no part is
 only whitespace) or split the sequence after it. No-break spaces (U+00A0, U+2007, U+202F) are never
 cut at: they ask not to be broken.
+
+MarkdownV2 that is already formatted (a rendered template) is split by `split_markdown_v2`, which cuts
+only between blocks (at blank lines, else at line breaks) where no entity is open, so that each part
+parses on its own, and says when it cannot.
 """
 
 from __future__ import annotations
@@ -72,6 +76,7 @@ _LAST_CJK_SENTENCE: Final = re.compile(
 _LAST_WORD: Final = re.compile(rf"(?s:.*)(?<!{_W})(?P<ws>{_W})")
 
 _ZWJ: Final = "\u200d"
+_NON_SPACE: Final = re.compile(r"\S")
 
 
 def utf16_len(text: str) -> int:
@@ -128,6 +133,154 @@ def split_for_markdown_v2(text: str, limit: int = TEXT_LIMIT) -> list[str]:
     a backslash is never separated from the character it escapes.
     """
     return [escape_markdown_v2(part) for part in split_text(text, limit)]
+
+
+def split_markdown_v2(source: str, limit: int = TEXT_LIMIT) -> list[str] | None:
+    """MarkdownV2 source -> parts of at most `limit` UTF-16 units of source each; None if not splittable.
+
+    The source is measured as it is, markers and escapes included: more than Telegram counts after
+    parsing, so a part is never too long for Telegram. Source within the limit is its own only part,
+    unchanged and not checked (Telegram says whether it parses); empty or whitespace-only source has no
+    parts. Longer source is cut only at a run of line breaks outside every entity (``*bold*``,
+    ``_italic_``, ``__underline__``, ``~strike~``, ``||spoiler||``, inline code and fenced pre blocks
+    between one and three backticks, ``[text](url)``, ``![emoji](url)``), read as Telegram reads them:
+    a backslash escapes the next character (a line break too), and inside code and pre only a backtick
+    ends the entity. A paragraph break (two or
+    more line breaks) is preferred to a line break unless it leaves the part shorter than
+    ``limit // 4`` while a later line break fits, as in `split_text`. The line breaks at a cut are
+    dropped and nothing else: joined with them, the parts are the source again (less a whitespace-only
+    tail, which Telegram would trim). Each part starts with no entity open, so parses as it would have
+    inside the whole source (a ``>`` quote cut between its lines becomes two quotes).
+
+    None when a cut is needed but impossible: a block (paragraph, code block, entity spanning lines)
+    longer than the limit by itself, or an entity never closed (its part would be refused).
+    """
+    if limit < 2:
+        raise ValueError(f"limit must be at least 2 UTF-16 units (one character of any kind), not {limit}")
+    if not source or source.isspace():
+        return []
+    if utf16_len(source) <= limit:
+        return [source]
+    runs = _markdown_v2_breaks(source)
+    if runs is None:
+        return None
+    # UTF-16 offset of each run's start and end, so that a part's length is a subtraction.
+    units: dict[int, int] = {0: 0}
+    position = 0
+    for cut, resume in runs:
+        units[cut] = units[position] + utf16_len(source[position:cut])
+        units[resume] = units[cut] + (resume - cut)  # line breaks are one unit each
+        position = resume
+    total = units[position] + utf16_len(source[position:])
+    floor = limit // 4
+    size = len(source)
+    parts: list[str] = []
+    start = 0
+    first = 0  # the first run that may end the current part
+    while total - units[start] > limit:
+        paragraph: tuple[int, int] | None = None
+        line: tuple[int, int] | None = None
+        shown = _NON_SPACE.search(source, start)
+        content = size if shown is None else shown.start()
+        index = first
+        while index < len(runs) and units[runs[index][0]] - units[start] <= limit:
+            cut, resume = runs[index]
+            index += 1
+            if cut <= content:
+                continue  # a part must have something to show
+            line = (cut, resume)
+            if resume - cut >= 2:
+                paragraph = line
+        if line is None:
+            return None
+        chosen = line
+        if paragraph is not None and (paragraph == line or units[paragraph[0]] - units[start] >= floor):
+            chosen = paragraph
+        parts.append(source[start : chosen[0]])
+        start = chosen[1]
+        while first < len(runs) and runs[first][0] < start:
+            first += 1
+    if not source[start:].isspace():
+        parts.append(source[start:])
+    return parts
+
+
+def _markdown_v2_breaks(source: str) -> list[tuple[int, int]] | None:
+    """The runs of line breaks, as (start, end), outside every entity; None if an entity is not closed.
+
+    Reads entities as Telegram's parser does (a stack: a marker closes the innermost entity when it is
+    that entity's closing marker, else opens a new one). Reserved characters that are not markers are
+    not checked: Telegram refuses them, splitting does not change that.
+    """
+    runs: list[tuple[int, int]] = []
+    stack: list[str] = []
+    size = len(source)
+    i = 0
+    while i < size:
+        char = source[i]
+        if char == "\\" and i + 1 < size and 0 < ord(source[i + 1]) <= 126:
+            i += 2
+            continue
+        top = stack[-1] if stack else None
+        if top in ("code", "pre"):
+            if top == "pre" and source.startswith("```", i):
+                stack.pop()
+                i += 3
+            else:
+                if top == "code" and char == "`":
+                    stack.pop()
+                i += 1
+            continue
+        if char == "\n":
+            end = i + 1
+            while end < size and source[end] == "\n":
+                end += 1
+            if not stack:
+                runs.append((i, end))
+            i = end
+            continue
+        pair = source[i : i + 2]
+        if top == "link" and char == "]":
+            stack.pop()
+            i += 1
+            if source.startswith("(", i):
+                # The URL runs to the first unescaped ")".
+                i += 1
+                while i < size and source[i] != ")":
+                    i += 2 if source[i] == "\\" and i + 1 < size and 0 < ord(source[i + 1]) <= 126 else 1
+                if i >= size:
+                    return None
+                i += 1
+            continue
+        if char == "`":
+            stack.append("pre" if source.startswith("```", i) else "code")
+            i += 3 if stack[-1] == "pre" else 1
+        elif pair == "__":
+            _toggle(stack, "underline")
+            i += 2
+        elif char == "_":
+            _toggle(stack, "italic")
+            i += 1
+        elif pair == "||":
+            _toggle(stack, "spoiler")
+            i += 2
+        elif char in "*~":
+            _toggle(stack, "bold" if char == "*" else "strike")
+            i += 1
+        elif char == "[" or pair == "![":
+            stack.append("link")
+            i += 1 if char == "[" else 2
+        else:
+            i += 1
+    return None if stack else runs
+
+
+def _toggle(stack: list[str], kind: str) -> None:
+    """A marker closes the innermost entity if it is of its kind, else opens one."""
+    if stack and stack[-1] == kind:
+        stack.pop()
+    else:
+        stack.append(kind)
 
 
 def _fit(text: str, start: int, limit: int) -> int:
