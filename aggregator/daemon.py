@@ -17,6 +17,7 @@ from aiohttp import web
 
 from aggregator.api.app import Drain, create_app
 from aggregator.attachments import AttachmentStore
+from aggregator.autoreply import AutoReplier
 from aggregator.bus import Bus, BusUnavailable, create_bus
 from aggregator.channels import ChannelManager
 from aggregator.config import Settings
@@ -28,6 +29,7 @@ from aggregator.outbound import OutboxWorker
 from aggregator.secrets import SecretBox
 from aggregator.store import Conflict, Store, Workspace
 from aggregator.tokens import new_token
+from aggregator.workspace import SettingsCache
 from channels.base import Registry
 
 log = logging.getLogger(__name__)
@@ -89,6 +91,7 @@ class Daemon:
         self.store: Store = open_store(settings)
         self.bus: Bus = create_bus(settings.redis_url)
         self.attachments = AttachmentStore(settings.attachments_dir, settings.max_attachment_bytes)
+        self.workspace_settings = SettingsCache(self.store.workspace_settings)
         self.ingestor = Ingestor(
             self.store,
             self.bus,
@@ -96,7 +99,17 @@ class Daemon:
             self.metrics,
             max_batch=settings.ingest.max_batch,
             clock=clock,
+            settings=self.workspace_settings,
         )
+        self.auto_replies = AutoReplier(
+            self.store,
+            self.registry,
+            self.workspace_settings,
+            self._enqueue_outbox,
+            clock=clock,
+            publish=self._publish,
+        )
+        self.ingestor.hooks.append(self.auto_replies.hook)
         self.live = LiveHub(self.bus)
         self.bootstrap: Bootstrap | None = None
         self._http: aiohttp.ClientSession | None = None
@@ -137,6 +150,7 @@ class Daemon:
             clock=self.clock,
         )
         await self.outbox.start()
+        await self.auto_replies.start()
         app = create_app(
             self.store,
             self.bus,
@@ -158,6 +172,17 @@ class Daemon:
         self._refresher = asyncio.create_task(self._refresh_loop(), name="channel-refresh")
         self._snoozer = asyncio.create_task(self._snooze_loop(), name="snooze-wake")
         log.info("serving on http://%s:%s", self.settings.http.host, self.port)
+
+    async def _publish(self, event: Event) -> None:
+        try:
+            await self.bus.publish(event)
+        except BusUnavailable as exc:
+            log.debug("%s not published: %s", event.type, exc)
+
+    async def _enqueue_outbox(self, outbox_id: str) -> None:
+        # Before the outbox runs (or after it stopped) the row waits in SQL for its sweep.
+        if self.outbox is not None:
+            await self.outbox.enqueue(outbox_id)
 
     async def _refresh_loop(self) -> None:
         while True:
@@ -220,6 +245,7 @@ class Daemon:
         if self.channels is not None:
             await self.channels.stop_all()
         await self.ingestor.stop()
+        await self.auto_replies.stop()
         if self._http is not None:
             await self._http.close()
         await self.bus.close()

@@ -36,7 +36,7 @@ import asyncio
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from lingua import ConfidenceValue, IsoCode639_1, IsoCode639_3, Language, LanguageDetectorBuilder
 
@@ -81,6 +81,8 @@ class Detection:
     language: str | None  # ISO 639-1 code, or None when nothing is known
     confidence: float  # 0..1 from the detector; 1.0 for a hint; 0.0 for none
     source: Literal["text", "hint", "none"]
+    # Long enough and sure enough to change a conversation's language (not a short text's best guess).
+    strong: bool = False
 
 
 NO_DETECTION = Detection(None, 0.0, "none")
@@ -148,6 +150,23 @@ class LanguageDetector:
             raise ValueError(f"min_confidence must be between 0 and 1, not {min_confidence!r}")
         if min_words < 0:
             raise ValueError(f"min_words must not be negative, not {min_words!r}")
+        codes = self.check_codes(languages)
+        self.languages: tuple[str, ...] = tuple(codes)
+        self.min_confidence = min_confidence
+        self.min_words = min_words
+        self.low_accuracy = low_accuracy
+        builder = LanguageDetectorBuilder.from_iso_codes_639_1(*(IsoCode639_1.from_str(c) for c in codes))
+        if low_accuracy:
+            builder = builder.with_low_accuracy_mode()
+        self._detector = builder.build()
+        self._codes: dict[Language, str] = {
+            Language.from_iso_code_639_1(IsoCode639_1.from_str(c)): c for c in codes
+        }
+        self._known = frozenset(codes)
+
+    @staticmethod
+    def check_codes(languages: Iterable[str]) -> list[str]:
+        """The ISO 639-1 codes of `languages`, each once; ValueError naming any lingua does not know."""
         supported = set(_supported_codes())
         codes: list[str] = []
         unknown: list[str] = []
@@ -164,18 +183,7 @@ class LanguageDetector:
             )
         if len(codes) < 2:
             raise ValueError(f"language detection needs at least two languages, got {codes!r}")
-        self.languages: tuple[str, ...] = tuple(codes)
-        self.min_confidence = min_confidence
-        self.min_words = min_words
-        self.low_accuracy = low_accuracy
-        builder = LanguageDetectorBuilder.from_iso_codes_639_1(*(IsoCode639_1.from_str(c) for c in codes))
-        if low_accuracy:
-            builder = builder.with_low_accuracy_mode()
-        self._detector = builder.build()
-        self._codes: dict[Language, str] = {
-            Language.from_iso_code_639_1(IsoCode639_1.from_str(c)): c for c in codes
-        }
-        self._known = frozenset(codes)
+        return codes
 
     def __repr__(self) -> str:
         mode = "low" if self.low_accuracy else "high"
@@ -197,7 +205,7 @@ class LanguageDetector:
         """The language of `text`, else of the first usable hint (channel's first, then the contact's)."""
         language, confidence, words = self.best_guess(text)
         if language is not None and words >= self.min_words and confidence >= self.min_confidence:
-            return Detection(language, confidence, "text")
+            return Detection(language, confidence, "text", strong=True)
         for hint in hints:
             code = base_language(hint)
             if code is not None and code in self._known:
@@ -209,3 +217,18 @@ class LanguageDetector:
     async def detect_async(self, text: str, hints: Sequence[str | None] = ()) -> Detection:
         """`detect` in a worker thread, so that a long text does not hold up the event loop."""
         return await asyncio.to_thread(self.detect, text, hints)
+
+
+class Detectors:
+    """One detector per set of languages, built when first needed (workspaces usually share a set)."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._built: dict[tuple[str, ...], LanguageDetector] = {}
+
+    def get(self, languages: Iterable[str]) -> LanguageDetector:
+        key = tuple(sorted(set(languages)))
+        detector = self._built.get(key)
+        if detector is None:
+            detector = self._built[key] = LanguageDetector(key, **self._options)
+        return detector

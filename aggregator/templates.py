@@ -248,6 +248,9 @@ VARIABLES: Final[Mapping[str, str]] = {
     "agent.signature": "the agent's signature, may span lines (else the agent's name)",
     "workspace.name": "the workspace's (shop's) name",
     "workspace.timezone": "the IANA time zone dates and times are shown in, e.g. 'Europe/Berlin' (default UTC)",
+    "workspace.is_open": "true while the team is at work (its business hours; true when none are set)",
+    "workspace.opens_at": "when the team is next at work, for out-of-hours replies: "
+    "{{ workspace.opens_at | datetime('short') }} (empty while open or without business hours)",
     "order": "the order the conversation is about; may be missing: use its fields inside {% if order %}",
     "order.id": "the order's id in the marketplace or shop",
     "order.number": "the order number the customer knows",
@@ -353,7 +356,15 @@ def build_context(
             "conversation", _fields(conversation, ("id", "subject", "channel"), ("subject", "channel"))
         ),
         "agent": Record("agent", agent_fields),
-        "workspace": Record("workspace", {"name": workspace_name, "timezone": timezone}),
+        "workspace": Record(
+            "workspace",
+            {
+                "name": workspace_name,
+                "timezone": timezone,
+                "is_open": bool(workspace.get("is_open", True)),
+                "opens_at": workspace.get("opens_at"),
+            },
+        ),
         "order": order_record,
         "now": now,
         "language": language,
@@ -366,7 +377,12 @@ def _sample() -> dict[str, Any]:
         contact={"name": "Anna Example", "email": "anna@example.com", "language": "en"},
         conversation={"id": 1042, "subject": "Where is my order?", "channel": "email"},
         agent={"name": "Sam Agent", "signature": "Sam Agent\nCustomer care"},
-        workspace={"name": "Example Shop", "timezone": "Europe/Berlin"},
+        workspace={
+            "name": "Example Shop",
+            "timezone": "Europe/Berlin",
+            "is_open": False,
+            "opens_at": datetime(2024, 5, 3, 7, 0, tzinfo=UTC),
+        },
         order={
             "id": "A-77123",
             "number": "100234",

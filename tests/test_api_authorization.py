@@ -88,6 +88,10 @@ class World:
     async def team(self, side: Side) -> str:
         return (await self.daemon.store.create_team(side.workspace_id, f"team {new_id()}", [], [])).id
 
+    async def template(self, side: Side) -> str:
+        variants = [{"language": "en", "subject": None, "body": "Hello {{ contact.first_name }}"}]
+        return (await self.daemon.store.create_template(side.workspace_id, f"t {new_id()}", variants)).id
+
     async def token(self, side: Side) -> str:
         user_id = await self.user(side)
         rows = await sql(self.daemon.store, "SELECT id FROM api_tokens WHERE user_id = :u", u=user_id)
@@ -128,6 +132,10 @@ async def _merge(world: World, side: Side) -> Request:
     return Request({"id": await world.contact(side)}, {"other_id": await world.contact(side)})
 
 
+async def _render(world: World, side: Side) -> Request:
+    return Request({"id": await world.template(side)}, {"conversation_id": await world.conversation(side)})
+
+
 async def _new_token(world: World, side: Side) -> Request:
     return Request({}, {"user_id": await world.user(side), "name": "laptop"})
 
@@ -157,6 +165,10 @@ ROLES: dict[str, frozenset[Role] | None] = {
     },
     **{f"list_{noun}s": ADMIN for noun in ("channel", "user", "team", "token")},
     "check_channel": ADMIN,
+    **{name: STAFF for name in ("list_templates", "template_variables", "get_template", "render_template")},
+    **{f"{verb}_template": ADMIN for verb in ("create", "patch", "delete")},
+    "get_workspace": STAFF,
+    "patch_workspace": ADMIN,
 }
 
 CASES: dict[str, Make] = {
@@ -197,6 +209,17 @@ CASES: dict[str, Make] = {
     "patch_token": on("token", {"name": "renamed"}),
     "delete_token": on("token"),
     "get_stream": plain(),
+    "list_templates": plain(),
+    "template_variables": plain(),
+    "get_template": on("template"),
+    "create_template": plain(
+        lambda w, s: {"name": f"t {new_id()}", "variants": [{"language": "en", "body": "Hi {{ contact.name }}"}]}
+    ),
+    "patch_template": on("template", {"category": "orders"}),
+    "delete_template": on("template"),
+    "render_template": _render,
+    "get_workspace": plain(),
+    "patch_workspace": plain({"timezone": "Europe/Berlin"}),
 }
 
 

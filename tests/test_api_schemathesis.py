@@ -209,6 +209,18 @@ async def seed(daemon: Daemon, http: aiohttp.ClientSession) -> World:
     checked((await client.post(f"/conversations/{ada}/read")).status, 204, "a read mark")
     checked((await client.delete(f"/users/{gone.user_id}")).status, 204, "deactivating a user")
 
+    templates = []
+    for name, shortcode, body, as_client in (
+        ("Where is my order", "wismo", "Hello {{ contact.first_name }}, your parcel is on its way.", client),
+        ("Returns", None, "Send it back within {{ vars.days }} days, **{{ contact.name }}**.", client),
+        ("Far", "far", "Hi {{ contact.name }}", outsider_client),
+    ):
+        variants = [{"language": "en", "subject": "Re: {{ conversation.subject }}", "body": body}]
+        created = await as_client.post("/templates", {"name": name, "shortcode": shortcode, "variants": variants})
+        checked(created.status, 201, f"POST /templates {name}")
+        templates.append(created.body["id"])
+    templates.append("wismo")
+
     async def contact_of(conversation_id: str, as_client: ApiClient = client) -> str:
         answer = await as_client.get(f"/conversations/{conversation_id}")
         checked(answer.status, 200, f"GET /conversations/{conversation_id}")
@@ -259,6 +271,7 @@ async def seed(daemon: Daemon, http: aiohttp.ClientSession) -> World:
                 outsider.token_id,
             ],
             "label": ["vip", "invoice", "none-such"],
+            "template": templates,
             "words": ["parcel", "rechnung", "shop*", "4711", "nothing-matches-this"],
             "conversation_cursor": [
                 await cursor("/conversations", status="all"),
@@ -304,7 +317,11 @@ BINDINGS: dict[str, dict[str, str]] = {
         "body.labels[*]": "label",
     },
     "list_messages": {"path.id": "conversation", "query.cursor": "message_cursor"},
-    "post_message": {"path.id": "conversation"},
+    "post_message": {"path.id": "conversation", "body.template": "template"},
+    "get_template": {"path.id": "template"},
+    "patch_template": {"path.id": "template"},
+    "delete_template": {"path.id": "template"},
+    "render_template": {"path.id": "template", "body.conversation_id": "conversation"},
     "mark_read": {"path.id": "conversation"},
     "post_presence": {"path.id": "conversation"},
     "get_presence": {"path.id": "conversation"},

@@ -516,7 +516,9 @@ def test_build_context_fields_and_fallbacks() -> None:
         "contact", {"name": "  Ludwig van Beethoven ", "first_name": "Ludwig", "email": "", "language": ""}
     )
     assert built["agent"] == Record("agent", {"name": "Acme", "signature": "Acme"})
-    assert built["workspace"] == Record("workspace", {"name": "Acme", "timezone": "UTC"})
+    assert built["workspace"] == Record(
+        "workspace", {"name": "Acme", "timezone": "UTC", "is_open": True, "opens_at": None}
+    )
     assert built["conversation"] == Record("conversation", {"id": 7, "subject": "", "channel": "telegram"})
     assert not built["order"]
     assert built["language"] == "de"

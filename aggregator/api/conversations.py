@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from datetime import UTC
-from typing import Annotated
+from typing import Annotated, Any
 
 from aiohttp import hdrs, web
 from aiohttp.helpers import content_disposition_header
@@ -19,6 +19,7 @@ from aggregator.api.framework import (
     ApiError,
     ApiModel,
     Call,
+    ProblemDetail,
     decode_cursor,
     encode_cursor,
     json_response,
@@ -37,7 +38,9 @@ from aggregator.api.schemas import (
 )
 from aggregator.bus import BusUnavailable
 from aggregator.model import ConversationStatus, Event, Priority, utcnow
+from aggregator.replies import compose
 from aggregator.store.inbox import ConversationChange, ConversationFilter
+from aggregator.templates import TemplateInvalid
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,14 @@ STATUS_PATTERN = r"^(all|(open|pending|snoozed|resolved)(,(open|pending|snoozed|
 # Served inline only when a browser cannot run anything in them; everything else downloads.
 INLINE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp", "application/pdf"})
 Id = Annotated[str, Field(min_length=1, max_length=64)]
+Language = Annotated[str, Field(max_length=35, pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*$")]
+Variables = Annotated[
+    dict[
+        Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z][A-Za-z0-9_]*$")],
+        Annotated[str, Field(max_length=10_000)] | int | float,
+    ],
+    Field(max_length=50, description="with `template`: values for its `{{ vars.<name> }}`"),
+]
 
 
 async def publish(call: Call, event: Event) -> None:
@@ -186,6 +197,11 @@ class ConversationPatch(ApiModel):
         description="snoozes the conversation until then (it reopens by itself, or on a new customer "
         "message); null ends a snooze",
     )
+    language: Language | None = Field(
+        None,
+        description="the language replies are written in (templates choose their variant by it); set "
+        "here, detection never changes it; null hands it back to detection of the next customer message",
+    )
 
     @field_validator("status", "priority", "labels")
     @classmethod
@@ -198,7 +214,7 @@ class ConversationPatch(ApiModel):
 @api.endpoint(
     "PATCH",
     "/conversations/{id}",
-    summary="Change status, priority, assignee, team, labels or snooze",
+    summary="Change status, priority, assignee, team, labels, snooze or language",
     tag="conversations",
     roles=STAFF,
     body=ConversationPatch,
@@ -228,6 +244,7 @@ async def patch_conversation(call: Call) -> web.StreamResponse:
         team_id=body.team_id,
         labels=list(body.labels) if body.labels is not None else None,
         snooze_until=body.snooze_until.astimezone(UTC) if body.snooze_until is not None else None,
+        language=body.language,
     )
     conversation_id = call.path("id")
     changed = await call.store.update_conversation(
@@ -280,13 +297,22 @@ async def list_messages(call: Call) -> web.StreamResponse:
 
 
 class NewMessage(ApiModel):
-    text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+    text: str | None = Field(
+        None, min_length=1, max_length=MAX_TEXT_CHARS, description="the reply or note; or give `template`"
+    )
     private: bool = Field(False, description="true: an internal note, never sent to the customer")
+    template: Id | None = Field(
+        None,
+        description="reply with this template (id or shortcode) instead of `text`: rendered in the "
+        "conversation's language for its channel, as POST /templates/{id}/render previews it",
+    )
+    variables: Variables = Field(default_factory=dict)
+    language: Language | None = Field(None, description="with `template`: this language instead of the conversation's")
 
     @field_validator("text")
     @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
+    def _not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
             raise ValueError("cannot be blank")
         return value
 
@@ -300,15 +326,62 @@ class NewMessage(ApiModel):
     body=NewMessage,
     response=MessageOut,
     status=202,
+    errors=(422,),
     description="A reply answers 202 with the message in delivery_status `queued`; its delivery status "
     "then changes on the live stream (`message.delivery`). A note (`private: true`) answers 202 too and "
-    "is never sent.",
+    "is never sent. Give `text`, or `template` (with `variables`) to reply from a template: 422 "
+    "`invalid_template` when it cannot be rendered for this conversation.",
 )
 async def post_message(call: Call) -> web.StreamResponse:
     body = call.body_as(NewMessage)
     conversation_id = call.path("id")
+    if (body.text is None) == (body.template is None):
+        raise ApiError(400, "missing_field", "text: give either text or template (one of them)", "text")
+    if body.template is None and (body.variables or body.language is not None):
+        field = "variables" if body.variables else "language"
+        raise ApiError(400, "invalid_field", f"{field}: only used with template", field)
+    html = subject = language = None
+    extra: dict[str, Any] = {}
+    if body.template is not None:
+        try:
+            composed = await compose(
+                call.store,
+                call.channels.registry,
+                call.workspace_id,
+                conversation_id,
+                body.template,
+                variables=body.variables,
+                user_id=call.caller.user_id,
+                language=body.language,
+            )
+        except TemplateInvalid as exc:
+            raise ApiError(
+                422,
+                "invalid_template",
+                f"template {body.template!r} cannot be rendered for this conversation: {exc}",
+                "template",
+                [
+                    ProblemDetail(language=p.language, field=p.field, line=p.line, message=p.message)
+                    for p in exc.problems
+                ],
+            ) from exc
+        text_body, html, subject, extra = composed.message_fields()
+        if body.private:
+            html, extra = None, {"template": extra["template"]}
+        language = composed.rendered.language
+    else:
+        assert body.text is not None
+        text_body = body.text
     message_id, outbox_id = await call.store.create_message(
-        call.workspace_id, conversation_id, body.text, user_id=call.caller.user_id, private=body.private
+        call.workspace_id,
+        conversation_id,
+        text_body,
+        user_id=call.caller.user_id,
+        private=body.private,
+        html=html,
+        subject=subject,
+        language=language,
+        extra=extra,
     )
     if outbox_id is not None:
         await call.enqueue_outbox(outbox_id)

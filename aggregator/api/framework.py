@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.json_schema import models_json_schema
 
 from aggregator.api.keys import ATTACHMENTS, BUS, CHANNELS, ENQUEUE_OUTBOX, PREFIX, STORE
@@ -73,10 +73,22 @@ class OutModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class ProblemDetail(OutModel):
+    """One thing wrong with a template: in which language variant, subject or body, and where."""
+
+    language: str
+    field: str
+    line: int | None = None
+    message: str
+
+
 class ErrorDetail(OutModel):
     code: str
     message: str
     field: str | None = None
+    problems: list[ProblemDetail] | None = Field(
+        None, description="for `invalid_template`: every problem found, with the template line"
+    )
 
 
 class ErrorResponse(OutModel):
@@ -86,15 +98,25 @@ class ErrorResponse(OutModel):
 class ApiError(Exception):
     """An answer other than success, with a stable code and a message a person can act on."""
 
-    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        field: str | None = None,
+        problems: list[ProblemDetail] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.field = field
+        self.problems = problems
 
     def response(self) -> web.Response:
-        body = ErrorResponse(error=ErrorDetail(code=self.code, message=self.message, field=self.field))
+        body = ErrorResponse(
+            error=ErrorDetail(code=self.code, message=self.message, field=self.field, problems=self.problems)
+        )
         response = web.Response(
             body=body.model_dump_json(exclude_none=True), status=self.status, content_type="application/json"
         )

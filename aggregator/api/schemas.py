@@ -45,6 +45,9 @@ class LastMessage(OutModel):
     at: datetime = Field(description="the conversation's last activity")
 
 
+LanguageSource = Literal["agent", "detected", "hint", "contact"]
+
+
 class ConversationOut(OutModel):
     id: str
     status: ConversationStatus
@@ -55,6 +58,11 @@ class ConversationOut(OutModel):
     team_id: str | None
     labels: list[str]
     language: str | None
+    language_source: LanguageSource | None = Field(
+        description="who set `language`: `agent` (detection leaves it alone), `detected` (from the customer's "
+        "text), `hint` (the channel's: Telegram's language_code, email Content-Language) or `contact` (the "
+        "contact's earlier language)"
+    )
     subject: str | None
     last_message: LastMessage
     unread_count: int = Field(description="customer messages this user has not read yet")
@@ -83,6 +91,7 @@ class ConversationOut(OutModel):
             "team_id": row.team_id,
             "labels": row.labels or [],
             "language": row.language,
+            "language_source": row.language_source,
             "subject": row.subject,
             "last_message": {
                 "preview": row.last_message_preview,

@@ -79,6 +79,8 @@ class ConversationChange:
     team_id: str | None = None
     labels: list[str] | None = None
     snooze_until: datetime | None = None
+    # Set by an agent: detection never changes it afterwards; None hands the language back to detection.
+    language: str | None = None
 
 
 _WORD = re.compile(r"[\w*]+", re.UNICODE)
@@ -367,6 +369,15 @@ class InboxQueries(StoreBase):
             for name in ("priority", "assignee_id", "team_id"):
                 if name in change.fields and getattr(change, name) != getattr(current, name):
                     values[name] = getattr(change, name)
+            if "language" in change.fields:
+                if change.language is not None and (
+                    change.language != current.language or current.language_source != "agent"
+                ):
+                    values["language"] = change.language
+                    values["language_source"] = "agent"
+                elif change.language is None and current.language_source == "agent":
+                    # Back to detection: the next customer message sets it again.
+                    values["language_source"] = None
             status = change.status if "status" in change.fields else None
             if "snooze_until" in change.fields:
                 if change.snooze_until is None:
@@ -387,7 +398,11 @@ class InboxQueries(StoreBase):
             if values:
                 values["updated_at"] = now
                 await conn.execute(update(c).where(c.c.id == conversation_id).values(**values))
-                changed = {k: v for k, v in values.items() if k not in ("updated_at", "resolved_at")}
+                changed = {
+                    k: v for k, v in values.items() if k not in ("updated_at", "resolved_at", "language_source")
+                }
+                if "language_source" in values and "language" not in values:
+                    changed["language"] = current.language
             if change.labels is not None:
                 cl = t.conversation_labels
                 old = set(
@@ -572,71 +587,102 @@ class InboxQueries(StoreBase):
         An automatic reply does not count as the first response.
         """
         now = now or utcnow()
+        async with self.write() as conn:
+            return await self._add_message(
+                conn,
+                workspace_id,
+                conversation_id,
+                text_body,
+                user_id=user_id,
+                private=private,
+                html=html,
+                subject=subject,
+                automatic=automatic,
+                now=now,
+                language=language,
+                extra=extra,
+            )
+
+    async def _add_message(
+        self,
+        conn: AsyncConnection,
+        workspace_id: str,
+        conversation_id: str,
+        text_body: str,
+        *,
+        user_id: str | None,
+        private: bool,
+        html: str | None,
+        subject: str | None,
+        automatic: bool,
+        now: datetime,
+        language: str | None,
+        extra: dict[str, Any] | None,
+    ) -> tuple[str, str | None]:
         message_id = new_id()
         outbox_id = None if private else new_id()
         c = t.conversations
-        async with self.write() as conn:
-            conv = (
-                await conn.execute(
-                    select(c.c.channel_account_id, c.c.first_response_at).where(
-                        c.c.id == conversation_id, c.c.workspace_id == workspace_id
-                    )
-                )
-            ).first()
-            if conv is None:
-                raise NotFound(f"no conversation with id {conversation_id!r}")
+        conv = (
             await conn.execute(
-                insert(t.messages).values(
-                    id=message_id,
+                select(c.c.channel_account_id, c.c.first_response_at).where(
+                    c.c.id == conversation_id, c.c.workspace_id == workspace_id
+                )
+            )
+        ).first()
+        if conv is None:
+            raise NotFound(f"no conversation with id {conversation_id!r}")
+        await conn.execute(
+            insert(t.messages).values(
+                id=message_id,
+                workspace_id=workspace_id,
+                conversation_id=conversation_id,
+                channel_account_id=conv.channel_account_id,
+                direction=Direction.OUT.value,
+                kind=(MessageKind.NOTE if private else MessageKind.MESSAGE).value,
+                sender_user_id=user_id,
+                subject=subject,
+                text=text_body,
+                html=html,
+                delivery_status=None if private else DeliveryStatus.QUEUED.value,
+                flags=["automatic"] if automatic else [],
+                extra=extra or {},
+                language=language,
+                created_at=now,
+            )
+        )
+        values: dict[str, Any] = {"last_activity_at": now, "updated_at": now}
+        if outbox_id is not None:
+            await conn.execute(
+                insert(t.outbox).values(
+                    id=outbox_id,
                     workspace_id=workspace_id,
-                    conversation_id=conversation_id,
+                    message_id=message_id,
                     channel_account_id=conv.channel_account_id,
-                    direction=Direction.OUT.value,
-                    kind=(MessageKind.NOTE if private else MessageKind.MESSAGE).value,
-                    sender_user_id=user_id,
-                    subject=subject,
-                    text=text_body,
-                    html=html,
-                    delivery_status=None if private else DeliveryStatus.QUEUED.value,
-                    flags=["automatic"] if automatic else [],
-                    extra=extra or {},
-                    language=language,
+                    status=OutboxStatus.QUEUED.value,
+                    attempts=0,
+                    next_attempt_at=now,
                     created_at=now,
+                    updated_at=now,
                 )
             )
-            values: dict[str, Any] = {"last_activity_at": now, "updated_at": now}
-            if outbox_id is not None:
-                await conn.execute(
-                    insert(t.outbox).values(
-                        id=outbox_id,
-                        workspace_id=workspace_id,
-                        message_id=message_id,
-                        channel_account_id=conv.channel_account_id,
-                        status=OutboxStatus.QUEUED.value,
-                        attempts=0,
-                        next_attempt_at=now,
-                        created_at=now,
-                        updated_at=now,
-                    )
-                )
-                if conv.first_response_at is None and not automatic:
-                    values["first_response_at"] = now
-                values |= {
-                    "message_count": c.c.message_count + 1,
-                    "last_message_preview": preview(text_body),
-                    "last_message_direction": Direction.OUT.value,
-                }
-            await conn.execute(update(c).where(c.c.id == conversation_id).values(**values))
-            await conn.execute(
-                SEARCH_INSERT,
-                {
-                    "body": text_body,
-                    "workspace_id": workspace_id,
-                    "conversation_id": conversation_id,
-                    "ref_id": message_id,
-                    "kind": "note" if private else "message",
-                },
-            )
+            if conv.first_response_at is None and not automatic:
+                values["first_response_at"] = now
+            values |= {
+                "message_count": c.c.message_count + 1,
+                "last_message_preview": preview(text_body),
+                "last_message_direction": Direction.OUT.value,
+            }
+        await conn.execute(update(c).where(c.c.id == conversation_id).values(**values))
+        await conn.execute(
+            SEARCH_INSERT,
+            {
+                "body": text_body,
+                "workspace_id": workspace_id,
+                "conversation_id": conversation_id,
+                "ref_id": message_id,
+                "kind": "note" if private else "message",
+            },
+        )
         return message_id, outbox_id
 
     async def get_attachment(self, workspace_id: str, attachment_id: str) -> Any:

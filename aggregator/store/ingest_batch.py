@@ -72,6 +72,16 @@ class PreparedInbound:
     extra_json: EncodedJSON | None = None
     # (sha256, content) of small files not written yet: the batch writer makes them durable first.
     files: tuple[tuple[str, bytes], ...] = ()
+    # The message's language as the pipeline found it: "detected" from its text, or the channel's "hint".
+    # `language_strong`: a detection sure enough to change the conversation's language.
+    language: str | None = None
+    language_source: str | None = None
+    language_strong: bool = False
+
+    def __post_init__(self) -> None:
+        if self.language_source is None and self.message.language_hint:
+            # Nothing detected (no detector): the channel's word for it.
+            self.language, self.language_source = self.message.language_hint, "hint"
 
 
 @dataclass(slots=True)
@@ -195,6 +205,14 @@ def ingest_batch(conn: Connection, items: Sequence[PreparedInbound], now: dateti
     )
 
     known_contacts = {contact_id for _, contact_id, _, _ in identity_of.values()}
+    # The contacts' languages: a conversation starts in it when its message says nothing of its own.
+    contact_language: dict[str, str | None] = {}
+    if known_contacts:
+        co = t.contacts
+        for found_contact in conn.execute(
+            select(co.c.id, co.c.language).where(co.c.id.in_(list(known_contacts)))
+        ):
+            contact_language[found_contact.id] = found_contact.language
     # (contact, channel account) -> that contact's conversations there, latest activity last.
     of_contact: dict[tuple[str, str], ContactThreads] = {}
     conversation_subjects: dict[str, str] = {}
@@ -239,6 +257,8 @@ def ingest_batch(conn: Connection, items: Sequence[PreparedInbound], now: dateti
     # Rows of messages new in this batch, by (channel account, external id): an edit can follow.
     new_rows: dict[tuple[str, str], dict[str, Any]] = {}
     edits: dict[str, _Version] = {}
+    language_changes: list[dict[str, Any]] = []
+    contact_languages: dict[str, str] = {}
 
     for prepared in items:
         msg = prepared.message
@@ -281,12 +301,14 @@ def ingest_batch(conn: Connection, items: Sequence[PreparedInbound], now: dateti
         known = identity_of.get(identity_key)
         if known is None:
             contact_id, identity_id = new_id(), new_id()
+            contact_language[contact_id] = prepared.language
             new_contacts.append(
                 {
                     "id": contact_id,
                     "workspace_id": ws,
                     "name": msg.sender.display_name,
                     "email": msg.sender.email,
+                    "language": prepared.language,
                     "attributes": {},
                     "created_at": now,
                     "updated_at": now,
@@ -361,6 +383,12 @@ def ingest_batch(conn: Connection, items: Sequence[PreparedInbound], now: dateti
             key_matches=matches,
             of_contact=candidates,
         )
+        if prepared.language is not None and contact_language.get(contact_id) is None:
+            contact_language[contact_id] = prepared.language
+            contact_languages[contact_id] = prepared.language
+        language, language_source = prepared.language, prepared.language_source
+        if language is None and contact_language.get(contact_id) is not None:
+            language, language_source = contact_language[contact_id], "contact"
         if conversation_id is None:
             conversation_id = new_id()
             conv = _Conversation(conversation_id, ConversationStatus.OPEN, new=True)
@@ -378,7 +406,8 @@ def ingest_batch(conn: Connection, items: Sequence[PreparedInbound], now: dateti
                     "labels": [],
                     "subject": msg.subject,
                     "subject_key": conversation_subjects[conversation_id],
-                    "language": msg.language_hint,
+                    "language": language,
+                    "language_source": language_source if language is not None else None,
                     "thread_ref": msg.thread.thread_ref,
                     "last_activity_at": now,
                     "last_inbound_at": now,
@@ -413,6 +442,15 @@ def ingest_batch(conn: Connection, items: Sequence[PreparedInbound], now: dateti
                 conv.status = status
                 conv.reopened = True
             conv.changed = True
+            if prepared.language is not None and not msg.flags.automatic:
+                language_changes.append(
+                    {
+                        "b_id": conversation_id,
+                        "b_language": prepared.language,
+                        "b_source": prepared.language_source,
+                        "b_strong": prepared.language_strong,
+                    }
+                )
         conv.added += 1
         conv.preview = preview(msg.reply_text or msg.text)
         candidates.add(Candidate(conversation_id, conversation_subjects.get(conversation_id, ""), now))
@@ -440,7 +478,7 @@ def ingest_batch(conn: Connection, items: Sequence[PreparedInbound], now: dateti
             "raw_ref": prepared.raw_ref,
             "flags": msg.flags.as_list(),
             "extra": prepared.extra_json if prepared.extra_json is not None else msg.extra,
-            "language": msg.language_hint,
+            "language": prepared.language,
             "sent_at": msg.sent_at,
             "edited_at": msg.edited_at,
             "versions": None,
@@ -571,6 +609,27 @@ def ingest_batch(conn: Connection, items: Sequence[PreparedInbound], now: dateti
                 last_message_direction=Direction.IN.value,
             ),
             touched,
+        )
+    if language_changes:
+        # A strong detection sets the language unless an agent chose it; anything else only fills a gap.
+        conn.execute(
+            update(c)
+            .where(
+                c.c.id == bindparam("b_id"),
+                or_(c.c.language_source.is_(None), c.c.language_source != "agent"),
+                or_(bindparam("b_strong") == True, c.c.language.is_(None)),  # noqa: E712
+                or_(c.c.language.is_(None), c.c.language != bindparam("b_language")),
+            )
+            .values(language=bindparam("b_language"), language_source=bindparam("b_source")),
+            language_changes,
+        )
+    if contact_languages:
+        co = t.contacts
+        conn.execute(
+            update(co)
+            .where(co.c.id == bindparam("b_contact"), co.c.language.is_(None))
+            .values(language=bindparam("b_language")),
+            [{"b_contact": k, "b_language": v} for k, v in contact_languages.items()],
         )
     if reports:
         conn.execute(

@@ -125,6 +125,8 @@ users = Table(
     Column("capacity", Integer, nullable=False, server_default="10"),
     _created(),
     Column("deactivated_at", UTCDateTime()),
+    # Ends replies made from templates ({{ agent.signature }}); the name when unset.
+    Column("signature", Text),
     UniqueConstraint("workspace_id", "email"),
 )
 
@@ -234,6 +236,8 @@ conversations = Table(
     Column("team_id", ID, ForeignKey("teams.id")),
     Column("labels", JSON, nullable=False, default=list),
     Column("language", String(35)),
+    # Who set `language`: "agent" (never overwritten by detection), "detected", "hint" or "contact".
+    Column("language_source", String(16)),
     Column("subject", Text),
     # The subject without Re:/AW:/Fwd: and case (threading.normalize_subject), for subject threading.
     Column("subject_key", Text),
@@ -339,6 +343,17 @@ templates = Table(
     Column("updated_at", UTCDateTime(), nullable=False),
     UniqueConstraint("workspace_id", "name"),
     UniqueConstraint("workspace_id", "shortcode"),
+)
+
+# The last automatic reply each contact got (RFC 3834: at most one per sender per period).
+auto_replies = Table(
+    "auto_replies",
+    metadata,
+    Column("workspace_id", ID, ForeignKey("workspaces.id"), primary_key=True),
+    Column("contact_id", ID, ForeignKey("contacts.id"), primary_key=True),
+    Column("kind", String(32), nullable=False),  # "acknowledge" | "out_of_hours"
+    Column("message_id", ID, nullable=False),
+    Column("sent_at", UTCDateTime(), nullable=False),
 )
 
 attachments = Table(

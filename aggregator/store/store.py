@@ -31,8 +31,8 @@ from aggregator.store.admin import AdminQueries
 from aggregator.store.base import ChannelAccount, Conflict, NotFound
 from aggregator.store.contacts import ContactQueries
 from aggregator.store.engine import create_engine, migrate
-from aggregator.store.inbox import InboxQueries
 from aggregator.store.ingest_batch import BatchOutcome, PreparedInbound, ingest_batch
+from aggregator.store.replies import ReplyQueries
 from aggregator.store.templates import TemplateQueries
 from aggregator.store.writer import BatchWriter
 from aggregator.tokens import hash_token
@@ -96,7 +96,7 @@ def _markdown_v2_of(extra: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-class Store(InboxQueries, AdminQueries, ContactQueries, TemplateQueries):
+class Store(ReplyQueries, AdminQueries, ContactQueries, TemplateQueries):
     """Access to the SQL record. Adapters never see it; the core calls it."""
 
     @classmethod
