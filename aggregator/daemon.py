@@ -161,6 +161,7 @@ class Daemon:
             attachments=self.attachments,
             enqueue_outbox=self.outbox.enqueue,
             live=self.live,
+            settings=self.workspace_settings,
         )
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0, handle_signals=False)
         await self._runner.setup()

@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from aggregator.api.keys import ATTACHMENTS, BUS, CHANNELS, ENQUEUE_OUTBOX, LIVE, METRICS, STORE
+from aggregator.api.keys import ATTACHMENTS, BUS, CHANNELS, ENQUEUE_OUTBOX, LIVE, METRICS, SETTINGS, STORE
 from aggregator.api.v1 import build_api
 from aggregator.attachments import AttachmentStore
 from aggregator.bus import Bus, BusUnavailable
@@ -18,6 +18,7 @@ from aggregator.ingest import IngestClosed
 from aggregator.live import LiveHub
 from aggregator.metrics import CONTENT_TYPE, Metrics
 from aggregator.store import Store
+from aggregator.workspace import SettingsCache
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,7 @@ def create_app(
     attachments: AttachmentStore,
     enqueue_outbox: Callable[[str], Awaitable[None]] | None = None,
     live: LiveHub | None = None,
+    settings: SettingsCache | None = None,
 ) -> web.Application:
     # Bodies are read by the handlers themselves, each against its own limit; this bound only keeps
     # aiohttp's own buffering (request.read/json) from taking more.
@@ -143,6 +145,8 @@ def create_app(
     app[ATTACHMENTS] = attachments
     if enqueue_outbox is not None:
         app[ENQUEUE_OUTBOX] = enqueue_outbox
+    if settings is not None:
+        app[SETTINGS] = settings
     hub = app[LIVE] = live if live is not None else LiveHub(bus)
 
     async def end_streams(app: web.Application) -> None:

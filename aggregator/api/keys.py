@@ -12,6 +12,7 @@ from aggregator.channels import ChannelManager
 from aggregator.live import LiveHub
 from aggregator.metrics import Metrics
 from aggregator.store import Store
+from aggregator.workspace import SettingsCache
 
 STORE = web.AppKey("store", Store)
 BUS = web.AppKey("bus", Bus)
@@ -22,5 +23,8 @@ ATTACHMENTS = web.AppKey("attachments", AttachmentStore)
 LIVE = web.AppKey("live", LiveHub)
 # Hands a new outbox row to the outbox workers at once (the sweeper finds it from SQL otherwise).
 ENQUEUE_OUTBOX: web.AppKey[Callable[[str], Awaitable[None]]] = web.AppKey("enqueue_outbox")
+
+# The process's cache of workspace settings: a PATCH /workspace clears its entry at once.
+SETTINGS = web.AppKey("workspace_settings", SettingsCache)
 
 PREFIX = "/api/v1"

@@ -8,6 +8,7 @@ from aiohttp import web
 from pydantic import Field, ValidationError
 
 from aggregator.api.framework import ADMIN, STAFF, Api, ApiError, ApiModel, Call, OutModel, json_response
+from aggregator.api.keys import SETTINGS
 from aggregator.hours import BusinessHours
 from aggregator.store import NotFound
 from aggregator.store.replies import WorkspaceRecord
@@ -120,4 +121,7 @@ async def patch_workspace(call: Call) -> web.StreamResponse:
     record = await call.store.update_workspace(
         call.workspace_id, default_language=body.default_language, settings=settings.model_dump(mode="json")
     )
+    cache = call.request.app.get(SETTINGS)
+    if cache is not None:
+        cache.forget(call.workspace_id)
     return json_response(WorkspaceOut.from_record(record))
