@@ -329,6 +329,12 @@ async def test_user_crud(admin: Admin) -> None:
         ["fr"],
     )
     assert patched.body["email"] == "bea@shop.example"
+    assert patched.body["signature"] is None
+    signed = await admin.client.patch(f"/users/{user['id']}", {"signature": "Bea\nCustomer care"})
+    assert signed.status == 200 and signed.body["signature"] == "Bea\nCustomer care"
+    assert (await admin.client.get(f"/users/{user['id']}")).body["signature"] == "Bea\nCustomer care"
+    cleared = await admin.client.patch(f"/users/{user['id']}", {"signature": ""})
+    assert cleared.status == 200 and cleared.body["signature"] is None
 
 
 async def test_user_bodies_are_validated_and_emails_are_unique(admin: Admin) -> None:

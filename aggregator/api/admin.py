@@ -369,6 +369,7 @@ class UserOut(OutModel):
     capacity: int
     team_ids: list[str]
     active: bool
+    signature: str | None = Field(description="ends replies made from templates (`{{ agent.signature }}`)")
     created_at: datetime
     deactivated_at: datetime | None
 
@@ -383,6 +384,7 @@ class UserOut(OutModel):
             capacity=record.capacity,
             team_ids=record.team_ids,
             active=record.deactivated_at is None,
+            signature=record.signature,
             created_at=record.created_at,
             deactivated_at=record.deactivated_at,
         )
@@ -411,8 +413,11 @@ class UserPatch(ApiModel):
     role: Role | None = _leave_out("also changes the role of the user's tokens")
     languages: Languages | None = _leave_out()
     capacity: Capacity | None = _leave_out()
+    signature: Annotated[str, StringConstraints(max_length=2000)] | None = _leave_out(
+        'ends replies made from templates ({{ agent.signature }}), may span lines; "" removes it'
+    )
 
-    _checked = field_validator("name", "email", "role", "languages", "capacity")(_not_null)
+    _checked = field_validator("name", "email", "role", "languages", "capacity", "signature")(_not_null)
 
 
 @api.endpoint(
@@ -483,7 +488,7 @@ async def create_user(call: Call) -> web.StreamResponse:
 @api.endpoint(
     "PATCH",
     "/users/{id}",
-    summary="Change a user's name, email, role, languages or capacity",
+    summary="Change a user's name, email, role, languages, capacity or signature",
     tag="admin",
     roles=ADMIN,
     body=UserPatch,
@@ -500,6 +505,7 @@ async def patch_user(call: Call) -> web.StreamResponse:
         role=body.role,
         languages=_unique(body.languages),
         capacity=body.capacity,
+        signature=body.signature,
     )
     with _conflicts("email"):
         record = await call.store.update_user(call.workspace_id, call.path("id"), change)

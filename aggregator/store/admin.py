@@ -46,6 +46,7 @@ class UserRecord:
     team_ids: list[str]
     created_at: datetime
     deactivated_at: datetime | None
+    signature: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,7 @@ class UserChange:
     role: Role | None = None
     languages: list[str] | None = None
     capacity: int | None = None
+    signature: str | None = None  # "" removes it
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +140,7 @@ def _user(row: Any, team_ids: list[str]) -> UserRecord:
         team_ids=team_ids,
         created_at=row.created_at,
         deactivated_at=row.deactivated_at,
+        signature=row.signature,
     )
 
 
@@ -247,6 +250,8 @@ class AdminQueries(StoreBase):
         }
         if change.role is not None:
             values["role"] = change.role.value
+        if change.signature is not None:
+            values["signature"] = change.signature or None
         try:
             async with self.write() as conn:
                 current = await self._get_user(conn, workspace_id, user_id)
