@@ -543,3 +543,23 @@ def test_mime_tree_matches_compat32(raw: bytes) -> None:
     tree = parse_module._Tree(raw, raw.decode("ascii", errors="surrogateescape"))
     ours = parse_module._build(tree, 0, len(raw))
     assert _shape(ours) == _shape(email.message_from_bytes(raw, policy=compat32))
+
+
+@pytest.mark.parametrize(
+    ("headers", "part_headers", "expected"),
+    [
+        ("Content-Language: de-AT\r\n", "", "de-AT"),
+        ("Content-Language: fr, en\r\n", "", "fr"),
+        ("", "Content-Language: it\r\n", "it"),
+        ("Content-Language: <script>\r\n", "", None),
+        ("", "", None),
+    ],
+)
+def test_content_language_is_the_language_hint(headers: str, part_headers: str, expected: str | None) -> None:
+    raw = (
+        "From: Anna <anna@example.com>\r\nTo: shop@example.com\r\nSubject: Hi\r\n"
+        f"{headers}MIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary=b\r\n\r\n"
+        f"--b\r\nContent-Type: text/plain; charset=utf-8\r\n{part_headers}\r\nok\r\n"
+        "--b\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<p>ok</p>\r\n--b--\r\n"
+    ).encode()
+    assert parse_message(raw).language == expected

@@ -445,6 +445,7 @@ class EmailChannel(ChannelAdapter[EmailChannelConfig]):
             ),
             attachments=tuple(attachments),
             sent_at=sent_at,
+            language_hint=mail.language,
             flags=MessageFlags(
                 auto_submitted=mail.auto_submitted,
                 bulk=mail.bulk or mail.list,

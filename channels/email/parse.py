@@ -104,11 +104,25 @@ class ParsedMail:
     """Outlook's thread id: base64 of the first 22 bytes of the Thread-Index header."""
     delivery_report: DeliveryReport | None = None
     defects: tuple[str, ...] = field(default_factory=tuple)
+    language: str | None = None
+    """The Content-Language header (RFC 3282), as given: a hint for short texts, e.g. "de-AT"."""
 
     @property
     def is_automatic(self) -> bool:
         """True when RFC 3834 says: store it, flag it, never auto-answer it, never let it reopen anything."""
         return self.auto_submitted or self.bulk or self.list or self.bounce
+
+
+def _content_language(top: str | None, walk: _Walk) -> str | None:
+    """Content-Language (RFC 3282) of the message, else of its text part; the first tag of a list."""
+    values = [top]
+    for part in (walk.text_body or [])[:1]:
+        values.append(_get(part, "content-language"))
+    for value in values:
+        tag = (value or "").split(",")[0].strip()
+        if tag and len(tag) <= 35 and all(c.isascii() and (c.isalnum() or c in "-_") for c in tag):
+            return tag
+    return None
 
 
 # --------------------------------------------------------------------------- charsets
@@ -1219,4 +1233,5 @@ def _parse(raw: bytes) -> ParsedMail:
         thread_index=_thread_index(fields.first("thread-index")),
         delivery_report=report,
         defects=tuple(defects),
+        language=_content_language(fields.first("content-language"), walk),
     )
