@@ -31,8 +31,6 @@ log = logging.getLogger(__name__)
 EventHook = Callable[[Event], None]
 
 BATCHES_IN_FLIGHT = 2
-# Longer texts are detected in a worker thread (about 0.2 ms per 1,000 characters in low-accuracy mode).
-SYNC_DETECT_CHARS = 2_000
 
 
 class IngestClosed(Exception):
@@ -179,24 +177,14 @@ class Ingestor:
         return _Pending(prepared, kind, future, started)
 
     async def _detect(self, prepared: PreparedInbound, workspace_id: str) -> None:
-        """The language of what the customer wrote now (the reply part of an email), else the hint."""
+        """Ask the batch writer to detect the message's language among the workspace's languages."""
         assert self.settings is not None
-        message = prepared.message
         try:
-            detector = await self.settings.detector(workspace_id)
+            languages = (await self.settings.get(workspace_id)).languages
         except Exception:
-            log.exception("language detection unavailable for workspace %s", workspace_id)
+            log.exception("no language detection for workspace %s: its settings cannot be read", workspace_id)
             return
-        text = message.reply_text if message.reply_text is not None else message.text
-        if len(text) > SYNC_DETECT_CHARS:
-            detection = await detector.detect_async(text, (message.language_hint,))
-        else:
-            detection = detector.detect(text, (message.language_hint,))
-        if detection.language is None:
-            return  # the channel's hint stays, if there is one
-        prepared.language = detection.language
-        prepared.language_source = "detected" if detection.source == "text" else "hint"
-        prepared.language_strong = detection.strong
+        prepared.detect_among = tuple(languages)
 
     async def _write_loop(self) -> None:
         # Two batches in flight: the writer starts the next one the moment it commits this one, instead

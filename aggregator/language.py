@@ -45,7 +45,7 @@ REQUIRED: tuple[str, ...] = ("en", "de", "fr", "es", "it", "hu", "tr", "pl", "nl
 
 # Characters of the (cleaned) text that lingua looks at: enough for any language, and detection time
 # grows with the length of the text.
-MAX_CHARS = 1000
+MAX_CHARS = 300
 # A best guess this confident is taken even for a text shorter than `min_words`, when no hint helps.
 SHORT_CONFIDENCE = 0.9
 

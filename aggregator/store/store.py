@@ -31,7 +31,7 @@ from aggregator.store.admin import AdminQueries
 from aggregator.store.base import ChannelAccount, Conflict, NotFound
 from aggregator.store.contacts import ContactQueries
 from aggregator.store.engine import create_engine, migrate
-from aggregator.store.ingest_batch import BatchOutcome, PreparedInbound, ingest_batch
+from aggregator.store.ingest_batch import BatchOutcome, PreparedInbound, detect_languages, ingest_batch
 from aggregator.store.replies import ReplyQueries
 from aggregator.store.templates import TemplateQueries
 from aggregator.store.writer import BatchWriter
@@ -563,6 +563,7 @@ class Store(ReplyQueries, AdminQueries, ContactQueries, TemplateQueries):
         files are written under `files_root` first."""
         root = str(files_root) if files_root is not None else None
         if self._writer is None:
+            await asyncio.to_thread(detect_languages, items)
             files = [f for item in items for f in item.files]
             if root is not None and files:
                 await asyncio.to_thread(write_files, root, files)

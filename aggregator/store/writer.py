@@ -22,7 +22,7 @@ from sqlalchemy import Engine
 
 from aggregator.attachments import write_files
 from aggregator.store.engine import WRITE_OPTION, create_sqlite_writer
-from aggregator.store.ingest_batch import BatchOutcome, PreparedInbound, ingest_batch
+from aggregator.store.ingest_batch import BatchOutcome, PreparedInbound, detect_languages, ingest_batch
 
 PR_SET_PDEATHSIG = 1
 
@@ -30,7 +30,9 @@ PR_SET_PDEATHSIG = 1
 def write_batch(
     engine: Engine, items: Sequence[PreparedInbound], now: datetime, files_root: str | None = None
 ) -> BatchOutcome:
-    """The batch's files made durable, then its rows in one transaction (rows never name a missing file)."""
+    """The batch's languages detected and its files made durable, then its rows in one transaction
+    (rows never name a missing file)."""
+    detect_languages(items)
     if files_root is not None:
         files = [f for item in items for f in item.files]
         if files:
