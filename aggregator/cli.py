@@ -26,6 +26,7 @@ from aggregator.secrets import SecretKeyError
 from aggregator.store import Conflict, Invalid, NotFound, Store
 from aggregator.store.admin import UserRecord
 from aggregator.tokens import hash_token, new_token
+from aggregator.workspace import SettingsCache
 from channels.base import ConfigInvalid, Registry, UnknownChannelKind
 
 EXAMPLES = """\
@@ -303,7 +304,15 @@ async def _channel_import(
     bus = create_bus(settings.redis_url)
     metrics = Metrics()
     attachments = AttachmentStore(settings.attachments_dir, settings.max_attachment_bytes)
-    ingestor = Ingestor(store, bus, attachments, metrics, max_batch=settings.ingest.max_batch)
+    # Imported history gets its languages detected too; it gets no automatic replies (no AutoReplier).
+    ingestor = Ingestor(
+        store,
+        bus,
+        attachments,
+        metrics,
+        max_batch=settings.ingest.max_batch,
+        settings=SettingsCache(store.workspace_settings),
+    )
     try:
         await bootstrap_quietly(store, settings)
         account = await store.get_channel_account(channel_id)
