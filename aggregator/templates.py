@@ -45,6 +45,9 @@ from babel import dates as babel_dates
 from babel import numbers as babel_numbers
 from jinja2 import StrictUndefined, Template, TemplateSyntaxError, UndefinedError, nodes, pass_context
 from jinja2.exceptions import SecurityError, TemplateAssertionError, TemplateRuntimeError
+from jinja2.ext import Extension
+from jinja2.lexer import Token as JinjaToken
+from jinja2.lexer import TokenStream
 from jinja2.meta import find_undeclared_variables
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -530,14 +533,52 @@ class _Environment(ImmutableSandboxedEnvironment):
         return super().call_binop(context, operator_, left, right)
 
 
+class _LoneTagLines(Extension):
+    """A line holding only block tags and comments (`{% if order %}`, `{% endfor %}`) leaves no line behind.
+
+    Jinja2's `trim_blocks` removes the line break after every block tag, also after one ending a line
+    of text: `Open: {% if x %}yes{% else %}no{% endif %}` + line break + `Next` would print as one line.
+    This removes it only where the tags stand alone on their line (`lstrip_blocks` has already taken
+    the spaces before them); `+%}` keeps it, as with `trim_blocks`.
+    """
+
+    def filter_stream(self, stream: TokenStream) -> Iterator[JinjaToken]:
+        alone = True  # nothing but tags since the last line break
+        tagged = False  # a block tag or comment since the last line break
+        kept = False  # the last block tag ended with +%}
+        previous = ""
+        for token in stream:
+            if token.type == "data":
+                value = token.value
+                lineno = token.lineno
+                if previous == "data":  # a comment (or raw marker) was between the two
+                    tagged, kept = True, False
+                if alone and tagged and not kept and value.startswith("\n"):
+                    value, lineno = value[1:], lineno + 1
+                if "\n" in value:
+                    alone = not value.rsplit("\n", 1)[1].strip(" \t")
+                    tagged = False
+                elif value:
+                    alone = False
+                if value:
+                    yield JinjaToken(lineno, "data", value)
+            else:
+                if token.type == "block_end":
+                    tagged, kept = True, str(token.value).startswith("+")
+                elif token.type == "variable_begin":
+                    alone = False
+                yield token
+            previous = token.type
+
+
 def _environment() -> _Environment:
     env = _Environment(
         undefined=_Undefined,
         autoescape=False,
         finalize=_finalize,
-        trim_blocks=True,  # a line holding only {% for %} or {% if %} leaves no line behind
         lstrip_blocks=True,
         cache_size=0,
+        extensions=[_LoneTagLines],
     )
     for name in ("center", "indent", "format", "slice"):  # padding to any width, iterating any count
         del env.filters[name]

@@ -38,7 +38,7 @@ from channels.base import (
     TransientError,
     discover_adapters,
 )
-from support.app import Core, sql
+from support.app import Core, sql, wait_until
 
 
 class SendFake(Protocol):
@@ -286,6 +286,12 @@ class AdapterContract:
         self, core: Core, adapter_factory: AdapterFactory
     ) -> None:
         adapter = await adapter_factory()
-        assert (await core.store.get_channel_account(adapter.account.id)).state == "connected"
+
+        async def connected() -> bool:
+            return (await core.store.get_channel_account(adapter.account.id)).state == "connected"
+
+        # An adapter that connects in the background (IMAP login) says so once it has: under load
+        # that can be a moment after start.
+        await wait_until(connected, within=10.0, what="the adapter to report connected")
         await core.channels.stop_all()
         assert (await core.store.get_channel_account(adapter.account.id)).state == "stopped"

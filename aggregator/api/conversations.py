@@ -335,8 +335,10 @@ class NewMessage(ApiModel):
 async def post_message(call: Call) -> web.StreamResponse:
     body = call.body_as(NewMessage)
     conversation_id = call.path("id")
-    if (body.text is None) == (body.template is None):
+    if body.text is None and body.template is None:
         raise ApiError(400, "missing_field", "text: give either text or template (one of them)", "text")
+    if body.text is not None and body.template is not None:
+        raise ApiError(400, "invalid_field", "template: give either text or template, not both", "template")
     if body.template is None and (body.variables or body.language is not None):
         field = "variables" if body.variables else "language"
         raise ApiError(400, "invalid_field", f"{field}: only used with template", field)

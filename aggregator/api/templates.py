@@ -23,7 +23,15 @@ from aggregator.api.framework import (
 )
 from aggregator.replies import ALL_FORMATS, compose
 from aggregator.store.templates import TemplateChange, TemplateRecord
-from aggregator.templates import FILTERS, VARIABLES, Problem, TemplateInvalid, Variant, validate
+from aggregator.templates import (
+    FILTERS,
+    VARIABLES,
+    Problem,
+    TemplateInvalid,
+    Variant,
+    required_vars,
+    validate,
+)
 from aggregator.workspace import WorkspaceSettings
 
 api = Api()
@@ -272,8 +280,22 @@ async def patch_template(call: Call) -> web.StreamResponse:
     body = call.body_as(TemplatePatch)
     current = await call.store.get_template(call.workspace_id, call.path("id"))
     variants = _checked(body.variants) if body.variants is not None else None
-    if body.shortcode is not None and body.shortcode != (current.shortcode or ""):
-        _not_in_use(await _settings(call), current, "change its shortcode")
+    if body.variants is not None:
+        needed = list(
+            dict.fromkeys(
+                name
+                for v in body.variants
+                for name in required_vars(Variant(language=v.language, body=v.body, subject=v.subject))
+            )
+        )
+        if needed:
+            # Nobody fills in `vars` for an automatic reply: it would never be sent again.
+            names = ", ".join(f"vars.{name}" for name in needed)
+            action = f"make it use {names} (an automatic reply cannot fill them in)"
+            _not_in_use(await _settings(call), current, action)
+    if body.shortcode is not None and current.shortcode and body.shortcode != current.shortcode:
+        # Only a use by the old shortcode breaks; one by id still finds the template.
+        _not_in_use(await _settings(call), current, "change its shortcode", by_id=False)
     change = TemplateChange(
         name=body.name, shortcode=body.shortcode, category=body.category, variants=variants
     )
@@ -285,8 +307,10 @@ async def _settings(call: Call) -> WorkspaceSettings:
     return WorkspaceSettings.load(await call.store.workspace_settings(call.workspace_id))
 
 
-def _not_in_use(settings: WorkspaceSettings, record: TemplateRecord, action: str) -> None:
-    refs = {record.id, *([record.shortcode] if record.shortcode else [])}
+def _not_in_use(
+    settings: WorkspaceSettings, record: TemplateRecord, action: str, *, by_id: bool = True
+) -> None:
+    refs = {*([record.id] if by_id else []), *([record.shortcode] if record.shortcode else [])}
     uses = [
         f"auto_replies.acknowledge.{channel}"
         for channel, rule in settings.auto_replies.acknowledge.items()

@@ -12,6 +12,7 @@ from aggregator.api.keys import SETTINGS
 from aggregator.hours import BusinessHours
 from aggregator.store import NotFound
 from aggregator.store.replies import WorkspaceRecord
+from aggregator.templates import Variant, required_vars
 from aggregator.workspace import AutoReplies, WorkspaceSettings
 
 api = Api()
@@ -71,11 +72,29 @@ async def _check_templates(call: Call, auto: AutoReplies) -> None:
         )
     for field, ref in refs:
         try:
-            await call.store.get_template(call.workspace_id, ref)
+            template = await call.store.get_template(call.workspace_id, ref)
         except NotFound:
             raise ApiError(
                 400, "invalid_field", f"{field}: no template with id or shortcode {ref!r}", "auto_replies"
             ) from None
+        # Nobody fills in `vars` for an automatic reply: such a template would never be sent.
+        needed = list(
+            dict.fromkeys(
+                name
+                for v in template.variants
+                for name in required_vars(
+                    Variant(language=str(v["language"]), body=str(v["body"]), subject=v.get("subject"))
+                )
+            )
+        )
+        if needed:
+            names = ", ".join(f"vars.{name}" for name in needed)
+            raise ApiError(
+                400,
+                "invalid_field",
+                f"{field}: template {template.name!r} uses {names}, which an automatic reply cannot fill in",
+                "auto_replies",
+            )
     channels = set(auto.acknowledge) | set(auto.out_of_hours.channels or ())
     for channel in sorted(channels):
         try:
