@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from aiohttp import hdrs, web
 from aiohttp.helpers import content_disposition_header
-from pydantic import AwareDatetime, Field, field_validator
+from pydantic import AwareDatetime, Field, StrictFloat, StrictInt, field_validator
 from pydantic.json_schema import WithJsonSchema
 
 from aggregator.api.framework import (
@@ -54,7 +54,7 @@ Language = Annotated[str, Field(max_length=35, pattern=r"^[A-Za-z]{2,3}(-[A-Za-z
 Variables = Annotated[
     dict[
         Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z][A-Za-z0-9_]*$")],
-        Annotated[str, Field(max_length=10_000)] | int | float,
+        Annotated[str, Field(max_length=10_000)] | StrictInt | StrictFloat,  # true is not 1
     ],
     Field(max_length=50, description="with `template`: values for its `{{ vars.<name> }}`"),
 ]

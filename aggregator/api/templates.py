@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from aiohttp import web
-from pydantic import Field, StringConstraints, field_validator
+from pydantic import Field, StrictFloat, StrictInt, StringConstraints, field_validator
 
 from aggregator.api.framework import (
     ADMIN,
@@ -52,7 +52,8 @@ LanguageTag = Annotated[
     StringConstraints(max_length=35, pattern=r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{1,8})*$"),
     Field(description="a language tag such as `de`, `de-AT` or `pt-BR`"),
 ]
-VariableValue = Annotated[str, StringConstraints(max_length=10_000)] | int | float
+# Strict: JSON true is not the number 1 (a template prints what it is given).
+VariableValue = Annotated[str, StringConstraints(max_length=10_000)] | StrictInt | StrictFloat
 Variables = Annotated[
     dict[
         Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z][A-Za-z0-9_]*$")],
