@@ -16,21 +16,25 @@ sample render does not reach), access to private attributes, then a render of ea
 `SAMPLE`, a complete context, in its language and every format: whatever raises there (sandbox
 violations, type errors, unknown filters) is a `Problem` with its template line.
 
-What the sandbox does not do: limit CPU or memory. It stops a template from reaching Python internals
-(``''.__class__``, ``cycler.__init__.__globals__``, private names, list/dict mutation, str.format
-tricks) but not from looping long (``{% for a in range(100000) %}{% for b in range(100000) %}``) or
-building a big string out of filters (``replace``, ``join`` over ``range``). The cheap cases are
-closed here (`*` and `**` are bounded, `lipsum` and the padding filters ``center``, ``indent``,
-``format`` and ``slice`` are not available, the output is cut off at `MAX_OUTPUT` characters); a hard
-bound needs the validation run in a worker process with a time and memory limit.
+The Jinja2 sandbox stops a template from reaching Python internals (``''.__class__``,
+``cycler.__init__.__globals__``, private names, list/dict mutation, str.format tricks) but limits
+neither CPU nor memory. Here: `*` and `**` are bounded, `lipsum` and the padding filters ``center``,
+``indent``, ``format`` and ``slice`` are not available, the output is cut off at `MAX_OUTPUT`
+characters, and a render on the main thread (the API's, the automatic replies') stops after
+`MAX_CPU_SECONDS` of CPU (``{% for a in range(100000) %}{% for b in range(100000) %}`` prints
+nothing and would loop for hours). Memory is not bounded beyond that: a template building a large
+list inside the time limit (``range`` makes at most 100,000 items) is possible, for an admin only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
 import operator
 import re
+import signal
+import threading
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, tzinfo
@@ -77,6 +81,10 @@ __all__ = [
 
 MAX_OUTPUT: Final = 100_000
 """Characters a body or subject may render to; beyond this rendering fails (a runaway loop)."""
+
+_CPU_MESSAGE: Final = "rendering took more than"
+MAX_CPU_SECONDS: Final = 2.0
+"""CPU a body or subject may take to render (on the main thread); beyond this rendering fails."""
 
 _MAX_REPEAT: Final = 10_000  # items or characters `"x" * n` may produce
 _MAX_POWER_BITS: Final = 4_096  # bits `a ** b` may produce
@@ -610,14 +618,39 @@ class _TooLong(Exception):
     pass
 
 
+@contextlib.contextmanager
+def _cpu_limit(seconds: float) -> Iterator[None]:
+    """Raise _TooLong in the code running here once it has used `seconds` of CPU (SIGPROF).
+
+    A sandboxed template can still loop for ever without printing anything (`range` nested in
+    `range`): this bounds it. Only on the main thread (where the API and the automatic replies
+    render), where signals are delivered; elsewhere the output cap is the only bound.
+    """
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def expired(signum: int, frame: object) -> None:
+        raise _TooLong(f"{_CPU_MESSAGE} {seconds:g} s of CPU (a loop too large?)")
+
+    previous = signal.signal(signal.SIGPROF, expired)
+    signal.setitimer(signal.ITIMER_PROF, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_PROF, 0)
+        signal.signal(signal.SIGPROF, previous)
+
+
 def _run(template: Template, context: Mapping[str, Any]) -> str:
     parts: list[str] = []
     size = 0
-    for chunk in template.generate(context):
-        size += len(chunk)
-        if size > MAX_OUTPUT:
-            raise _TooLong(f"the output is longer than {MAX_OUTPUT} characters")
-        parts.append(chunk)
+    with _cpu_limit(MAX_CPU_SECONDS):
+        for chunk in template.generate(context):
+            size += len(chunk)
+            if size > MAX_OUTPUT:
+                raise _TooLong(f"the output is longer than {MAX_OUTPUT} characters")
+            parts.append(chunk)
     return "".join(parts)
 
 
@@ -932,6 +965,7 @@ def validate(variants: Sequence[Variant]) -> list[Problem]:
         return [Problem("", "body", None, "a template needs at least one language")]
     problems: list[Problem] = []
     seen: dict[str, int] = {}
+    too_slow = False  # once one variant hit the CPU limit, the others are not rendered (time adds up)
     for index, variant in enumerate(variants):
         language = variant.language
         key = language.strip().replace("_", "-").lower()
@@ -955,11 +989,12 @@ def validate(variants: Sequence[Variant]) -> list[Problem]:
                 found.append(Problem(language, "subject", None, "the subject is empty"))
             else:
                 found += _check_source(variant.subject, language, "subject")
-        if not any(problem.message.startswith("syntax error") for problem in found):
+        if not too_slow and not any(problem.message.startswith("syntax error") for problem in found):
             try:
                 render(variant, SAMPLE, tuple(Format))
             except TemplateInvalid as exc:
                 for problem in exc.problems:
+                    too_slow = too_slow or problem.message.startswith(_CPU_MESSAGE)
                     if not any(p.field == problem.field and p.line == problem.line for p in found):
                         found.append(problem)
         for problem in found:

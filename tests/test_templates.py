@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -10,6 +11,7 @@ import pytest
 
 from aggregator.templates import (
     FILTERS,
+    MAX_CPU_SECONDS,
     SAMPLE,
     VARIABLES,
     Format,
@@ -688,3 +690,16 @@ def test_chosen_variant_renders_in_its_language() -> None:
         "1.234,50\xa0€",
         "de-AT: no variant, used de",
     )
+
+
+def test_a_template_that_loops_without_output_is_stopped_by_the_cpu_limit() -> None:
+    bomb = "{% for a in range(99999) %}{% for b in range(99999) %}{% endfor %}{% endfor %}done"
+    started = time.process_time()
+    problems = validate([Variant("en", bomb, subject=bomb), Variant("de", bomb)])
+    spent = time.process_time() - started
+    assert [(p.language, p.field, p.line) for p in problems] == [("en", "subject", 1)]
+    assert problems[0].message == "rendering took more than 2 s of CPU (a loop too large?)"
+    # One limit's worth, not one per variant and field.
+    assert spent < 3 * MAX_CPU_SECONDS
+    # The limit is lifted afterwards: ordinary templates render as before.
+    assert validate([Variant("en", "Hello {{ contact.name }}")]) == []
