@@ -261,6 +261,11 @@ async def test_a_name_or_shortcode_taken_is_409_and_changes_nothing(desk: Desk) 
     )
     error_of(await desk.admin.patch(f"/templates/{second['id']}", {"name": "Refund"}), 409, "conflict")
     error_of(await desk.admin.patch("/templates/inv", {"shortcode": "refund"}), 409, "conflict")
+    # The answer names only what is taken.
+    both = await desk.admin.post("/templates", {"name": "Refund", "shortcode": "new", "variants": one("en", "c")})
+    assert both.body["error"]["message"] == "another template of this workspace has the name 'Refund'"
+    code = await desk.admin.patch("/templates/inv", {"name": "Invoice", "shortcode": "refund"})
+    assert code.body["error"]["message"] == "another template of this workspace has the shortcode 'refund'"
     assert (await desk.agent.get("/templates")).body["items"] == [second, first]
     # Two templates without a shortcode do not clash.
     await desk.template(name="No code 1", variants=one("en", "x"))

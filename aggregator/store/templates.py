@@ -65,6 +65,30 @@ def _clash(name: str | None, shortcode: str | None) -> Conflict:
 
 
 class TemplateQueries(StoreBase):
+    async def _clash(
+        self, workspace_id: str, own_id: str | None, name: str | None, shortcode: str | None
+    ) -> Conflict:
+        """The conflict naming only what another template of the workspace already has."""
+        tt = t.templates
+        taken_name = taken_code = False
+        async with self.read() as conn:
+            if own_id is not None:
+                own_id = (await self._get_template(conn, workspace_id, own_id)).id
+            for column, value in ((tt.c.name, name), (tt.c.shortcode, shortcode or None)):
+                if value is None:
+                    continue
+                query = select(tt.c.id).where(tt.c.workspace_id == workspace_id, column == value)
+                if own_id is not None:
+                    query = query.where(tt.c.id != own_id)
+                if (await conn.execute(query.limit(1))).first() is not None:
+                    if column is tt.c.name:
+                        taken_name = True
+                    else:
+                        taken_code = True
+        if not (taken_name or taken_code):
+            return _clash(name, shortcode)
+        return _clash(name if taken_name else None, shortcode if taken_code else None)
+
     async def _get_template(self, conn: AsyncConnection, workspace_id: str, ref: str) -> TemplateRecord:
         tt = t.templates
         row = (
@@ -127,7 +151,7 @@ class TemplateQueries(StoreBase):
                 )
                 return await self._get_template(conn, workspace_id, template_id)
         except IntegrityError as exc:
-            raise _clash(name, shortcode) from exc
+            raise await self._clash(workspace_id, None, name, shortcode) from exc
 
     async def update_template(self, workspace_id: str, template_id: str, change: TemplateChange) -> TemplateRecord:
         values: dict[str, Any] = {}
@@ -148,7 +172,7 @@ class TemplateQueries(StoreBase):
                     await conn.execute(update(tt).where(tt.c.id == current.id).values(**values))
                 return await self._get_template(conn, workspace_id, current.id)
         except IntegrityError as exc:
-            raise _clash(change.name, change.shortcode) from exc
+            raise await self._clash(workspace_id, template_id, change.name, change.shortcode) from exc
 
     async def delete_template(self, workspace_id: str, template_id: str) -> None:
         tt = t.templates
