@@ -457,6 +457,11 @@ async def test_team_names_are_unique_and_members_must_be_users_of_the_workspace(
         assert_error(refused, 400, "member_ids", "invalid_field")
         assert member in refused.body["error"]["message"]
     assert_error(await admin.client.post("/teams", {"name": " "}), 400, "name")
+    team = (await admin.client.get("/teams")).body["items"][0]
+    nulled = await admin.client.patch(f"/teams/{team['id']}", {"name": None})
+    assert_error(nulled, 400, "name", "invalid_field")
+    # The validator's words, without pydantic's "Value error, " before them.
+    assert nulled.body["error"]["message"] == "name: cannot be null; leave the field out to keep its value"
 
 
 # --------------------------------------------------------------------------------------------------

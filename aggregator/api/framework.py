@@ -302,7 +302,8 @@ def _validation_error(exc: ValidationError, where: str) -> ApiError:
         return ApiError(400, "unknown_field", f"{field_name}: unknown field", field_name)
     if error["type"] == "missing":
         return ApiError(400, "missing_field", f"{field_name}: required", field_name)
-    message = str(error["msg"])
+    # A validator's own words, without pydantic's "Value error, " in front of them.
+    message = str(error["msg"]).removeprefix("Value error, ")
     return ApiError(400, "invalid_field", f"{field_name}: {message}", field_name)
 
 
