@@ -1,9 +1,10 @@
 """Automatic replies: the acknowledgement of a new conversation, and the out-of-hours reply.
 
 Never to an automatic message (auto-submitted, bulk, list or bounce: no mail loops, no replies to
-newsletters), at most one per contact per period (RFC 3834; default 4 days), in the customer's
-language, marked automatic (email: `Auto-Submitted: auto-replied`), and not counted as the first
-response. The period is claimed in the transaction that queues the reply, so two processes never
+newsletters) nor to a customer who cannot be written to (blocked us, or has no address: a channel's
+placeholder under .invalid), at most one per contact per period (RFC 3834; default 4 days), in the
+customer's language, marked automatic (email: `Auto-Submitted: auto-replied`), and not counted as the
+first response. The period is claimed in the transaction that queues the reply, so two processes never
 both reply.
 
 The ingest pipeline hands over each customer message after it is committed. A crash between that
@@ -33,6 +34,13 @@ AUTOMATIC_FLAGS = frozenset({"auto_submitted", "bulk", "bounce", "echo"})
 QUEUE_LIMIT = 10_000
 
 Enqueue = Callable[[str], Awaitable[None]]
+
+
+def _undeliverable(address: str) -> bool:
+    """An address under the reserved top-level domain .invalid (RFC 6761 6.4), which never resolves:
+    what a channel records for a sender it could not read (email without a From)."""
+    domain = address.rpartition("@")[2].rstrip(".").lower()
+    return domain == "invalid" or domain.endswith(".invalid")
 
 
 class AutoReplier:
@@ -102,6 +110,9 @@ class AutoReplier:
             log.debug("no automatic reply to %s: it is automatic itself (%s)", facts.message_id, facts.flags)
             return None
         if facts.blocked:
+            return None
+        if _undeliverable(facts.address):
+            log.debug("no automatic reply to %s: %r cannot be written to", facts.message_id, facts.address)
             return None
         rules = settings.auto_replies
         away = rules.out_of_hours

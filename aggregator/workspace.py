@@ -96,12 +96,35 @@ class WorkspaceSettings(_Settings):
 
     @classmethod
     def load(cls, raw: Any) -> WorkspaceSettings:
-        """The stored settings; ones that no longer validate (an older version's) give the defaults."""
+        """The stored settings; a setting that no longer validates (an older version's, or one this
+        version does not know) gives its default, and the others stay: a language dropped from
+        detection must not also switch the automatic replies off, nor a PATCH of the time zone
+        (which saves what this returns) erase them."""
         try:
             return cls.model_validate(raw or {})
         except ValidationError as exc:
-            log.error("workspace settings do not validate, using the defaults until fixed: %s", exc)
-            return cls()
+            if not isinstance(raw, dict):
+                log.error("workspace settings do not validate, using the defaults until fixed: %s", exc)
+                return cls()
+            kept: dict[str, Any] = {}
+            for name, value in raw.items():
+                if name not in cls.model_fields:
+                    continue
+                try:
+                    cls.model_validate({name: value})
+                except ValidationError:
+                    continue
+                kept[name] = value
+            dropped = sorted(str(name) for name in raw if name not in kept)
+            log.error(
+                "workspace settings do not validate, using the defaults for %s until fixed: %s",
+                ", ".join(dropped),
+                exc,
+            )
+            try:
+                return cls.model_validate(kept)
+            except ValidationError:
+                return cls()
 
 
 class SettingsCache:

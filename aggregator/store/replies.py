@@ -227,6 +227,7 @@ class InboundFacts:
     flags: list[str]
     first_in_conversation: bool  # no earlier message, ours or theirs, in its conversation
     blocked: bool  # the customer cannot be written to there (blocked the bot)
+    address: str = ""  # the customer's address on the channel (the conversation's identity)
 
 
 async def _facts(conn: AsyncConnection, message_id: str) -> InboundFacts | None:
@@ -242,6 +243,7 @@ async def _facts(conn: AsyncConnection, message_id: str) -> InboundFacts | None:
                 m.c.flags,
                 m.c.created_at,
                 c.c.contact_id,
+                i.c.address,
                 i.c.blocked_at,
             )
             .join(c, c.c.id == m.c.conversation_id)
@@ -267,4 +269,5 @@ async def _facts(conn: AsyncConnection, message_id: str) -> InboundFacts | None:
         flags=list(row.flags or []),
         first_in_conversation=earlier is None,
         blocked=row.blocked_at is not None,
+        address=row.address,
     )
