@@ -158,6 +158,7 @@ class AutoReplier:
                 facts.conversation_id,
                 template,
                 now=now,
+                settings=settings,
             )
         except (TemplateInvalid, NotFound) as exc:
             log.error(

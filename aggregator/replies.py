@@ -100,6 +100,7 @@ async def compose(
     order: Mapping[str, Any] | None = None,
     formats: frozenset[Format] | None = None,
     now: datetime | None = None,
+    settings: WorkspaceSettings | None = None,
 ) -> Composed:
     """Render template `template_ref` (id or shortcode) for the conversation.
 
@@ -119,7 +120,8 @@ async def compose(
     except UnknownChannelKind:
         capabilities = Capabilities()
     targets = channel_formats(capabilities, context.channel_config)
-    settings = WorkspaceSettings.load(context.workspace.settings)
+    # Given by the automatic replies: the settings their decision was made with (hours, time zone).
+    settings = settings or WorkspaceSettings.load(context.workspace.settings)
     now = now or utcnow()
     hours = settings.hours
     is_open = hours.is_open(now) if hours is not None else True

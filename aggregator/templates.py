@@ -447,6 +447,8 @@ def _aware(value: datetime, zone: tzinfo) -> datetime:
 
 @pass_context
 def _date(context: Context, value: Any, format: str = "medium") -> str:
+    if value is None:
+        return ""  # a missing value prints as nothing, as it does without the filter
     moment = _moment(value)
     if isinstance(moment, time):
         raise TypeError(f"not a date: {value!r}")
@@ -457,6 +459,8 @@ def _date(context: Context, value: Any, format: str = "medium") -> str:
 
 @pass_context
 def _datetime(context: Context, value: Any, format: str = "medium") -> str:
+    if value is None:
+        return ""  # a missing value prints as nothing, as it does without the filter
     moment = _moment(value)
     if not isinstance(moment, datetime):
         raise TypeError(f"not a date and time: {value!r}")
@@ -465,6 +469,8 @@ def _datetime(context: Context, value: Any, format: str = "medium") -> str:
 
 @pass_context
 def _time(context: Context, value: Any, format: str = "medium") -> str:
+    if value is None:
+        return ""  # a missing value prints as nothing, as it does without the filter
     moment = _moment(value)
     if isinstance(moment, datetime):
         moment = _aware(moment, context[_TZ])
@@ -475,11 +481,15 @@ def _time(context: Context, value: Any, format: str = "medium") -> str:
 
 @pass_context
 def _format_number(context: Context, value: Any, format: str | None = None) -> str:
+    if value is None:
+        return ""  # a missing value prints as nothing, as it does without the filter
     return babel_numbers.format_decimal(_number(value), format, locale=context[_LOCALE])
 
 
 @pass_context
 def _currency(context: Context, value: Any, currency: str, format: str | None = None) -> str:
+    if value is None:
+        return ""
     if not isinstance(currency, str) or not currency:
         raise TypeError(f"not a currency code: {currency!r}")
     return babel_numbers.format_currency(_number(value), currency, format, locale=context[_LOCALE])
@@ -487,6 +497,8 @@ def _currency(context: Context, value: Any, currency: str, format: str | None = 
 
 @pass_context
 def _percent(context: Context, value: Any, format: str | None = None) -> str:
+    if value is None:
+        return ""  # a missing value prints as nothing, as it does without the filter
     return babel_numbers.format_percent(_number(value), format, locale=context[_LOCALE])
 
 

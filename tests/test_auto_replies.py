@@ -607,6 +607,12 @@ async def test_patch_workspace_validates_the_automatic_replies(site: Site) -> No
     )
     await refused({"hours": {"weekly": {"tue": ["09:00-09:00"]}}}, "weekly.tue[0]", "same time")
     await refused({"auto_replies": {"period_days": 0}}, "period_days")
+    # Out-of-hours replies need hours to know when the team is away.
+    await refused(
+        {"auto_replies": {"out_of_hours": {"enabled": True, "template": "away"}}},
+        "auto_replies.out_of_hours: needs business hours",
+    )
+    await refused({"default_language": "tlh"}, "default_language", "'tlh'")
     # Nothing of the refused changes was stored.
     assert (
         WorkspaceSettings.load(await site.daemon.store.workspace_settings(site.workspace_id))
@@ -634,6 +640,10 @@ async def test_patch_workspace_validates_the_automatic_replies(site: Site) -> No
         "acknowledge": {site.a: {"enabled": True, "template": "ack"}},
         "out_of_hours": {"enabled": True, "template": "away", "channels": [site.b]},
     }
+    # Hours given without a zone are in the workspace's time zone.
+    zoneless = await api.patch("/workspace", {"hours": {"weekly": {"mon": ["08:00-12:00"]}}})
+    assert zoneless.status == 200, zoneless.body
+    assert zoneless.body["settings"]["hours"]["timezone"] == "Europe/Berlin"
 
 
 async def test_patch_workspace_applies_in_its_process_at_once(site: Site) -> None:

@@ -667,6 +667,19 @@ async def test_a_retry_reuses_the_message_id(core: Core, dovecot: Dovecot, smtp:
     assert sent["Auto-Submitted"] == "auto-replied"
 
 
+async def test_mail_without_a_sender_cannot_be_answered(core: Core, dovecot: Dovecot, smtp: SmtpServer) -> None:
+    adapter = await email_channel(core, dovecot, smtp)
+    message = OutboundMessage(
+        message_id=new_id(), conversation_id=new_id(), channel_account_id=adapter.account.id,
+        recipient=Identity("email", "unknown-sender@invalid"), text="Hello", attempt=1,
+    )
+    before = len(smtp.received)
+    with pytest.raises(PermanentError) as raised:
+        await adapter.send(message)
+    assert "named no sender" in raised.value.reason
+    assert len(smtp.received) == before
+
+
 async def test_check_reports_each_server(core: Core, dovecot: Dovecot, smtp: SmtpServer) -> None:
     good = await email_channel(core, dovecot, smtp)
     result = await good.check()

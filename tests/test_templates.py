@@ -703,3 +703,18 @@ def test_a_template_that_loops_without_output_is_stopped_by_the_cpu_limit() -> N
     assert spent < 3 * MAX_CPU_SECONDS
     # The limit is lifted afterwards: ordinary templates render as before.
     assert validate([Variant("en", "Hello {{ contact.name }}")]) == []
+
+
+def test_filters_print_a_missing_value_as_nothing() -> None:
+    body = "[{{ workspace.opens_at | datetime('short') }}|{{ workspace.opens_at | date }}|{{ workspace.opens_at | time }}]"
+    body += "[{{ order.total | number }}|{{ order.total | currency('EUR') }}|{{ order.total | percent }}]"
+    built = build_context(
+        contact={},
+        conversation={"id": "c"},
+        agent=None,
+        workspace={"name": "S"},
+        order={"id": "o"},
+        now=datetime(2026, 1, 1, tzinfo=UTC),
+        language="en",
+    )
+    assert render(Variant("en", body), built, ()).text == "[||][||]"

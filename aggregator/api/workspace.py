@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
+from babel import Locale, UnknownLocaleError
 from pydantic import Field, ValidationError
 
 from aggregator.api.framework import ADMIN, STAFF, Api, ApiError, ApiModel, Call, OutModel, json_response
@@ -43,7 +44,11 @@ class WorkspacePatch(ApiModel):
     )
     languages: list[str] | None = Field(None, description="replaces the detection languages")
     timezone: str | None = None
-    hours: BusinessHours | None = Field(None, description="replaces the business hours; null removes them")
+    hours: BusinessHours | None = Field(
+        None,
+        description="replaces the business hours (their `timezone` defaults to the workspace's); null "
+        "removes them",
+    )
     auto_replies: AutoReplies | None = Field(None, description="replaces the automatic-reply settings")
 
 
@@ -128,6 +133,9 @@ async def patch_workspace(call: Call) -> web.StreamResponse:
         if name in given:
             value = getattr(body, name)
             merged[name] = value.model_dump(mode="json") if hasattr(value, "model_dump") else value
+    if body.hours is not None and "timezone" not in body.hours.model_fields_set:
+        # Hours given without a zone are the workspace's hours, in its time zone.
+        merged["hours"]["timezone"] = merged.get("timezone", "UTC")
     try:
         settings = WorkspaceSettings.model_validate(merged)
     except ValidationError as exc:
@@ -137,6 +145,24 @@ async def patch_workspace(call: Call) -> web.StreamResponse:
         raise ApiError(400, "invalid_field", f"{where}: {message}", str(error["loc"][0])) from exc
     if "auto_replies" in given:
         await _check_templates(call, settings.auto_replies)
+    if settings.auto_replies.out_of_hours.enabled and settings.hours is None:
+        raise ApiError(
+            400,
+            "invalid_field",
+            "auto_replies.out_of_hours: needs business hours to know when the team is away; set `hours`",
+            "hours" if "hours" in given else "auto_replies",
+        )
+    if body.default_language is not None:
+        try:
+            Locale.parse(body.default_language.replace("-", "_"))
+        except (ValueError, UnknownLocaleError):
+            raise ApiError(
+                400,
+                "invalid_field",
+                f"default_language: {body.default_language!r} is not a language we can format for "
+                "(e.g. en, de, pt-BR)",
+                "default_language",
+            ) from None
     record = await call.store.update_workspace(
         call.workspace_id, default_language=body.default_language, settings=settings.model_dump(mode="json")
     )

@@ -590,6 +590,13 @@ class EmailChannel(ChannelAdapter[EmailChannelConfig]):
         )
 
     async def send(self, message: OutboundMessage) -> SendResult:
+        if message.recipient.address.lower().endswith(".invalid") or message.recipient.address.endswith(
+            "@invalid"
+        ):
+            # RFC 2606: nothing under .invalid can receive mail (our placeholder for mail without From).
+            raise PermanentError(
+                f"cannot reply to {message.recipient.address}: the customer's mail named no sender"
+            )
         mail = self.compose(message)
         await send_message(
             self.smtp_settings(), mail, sender=self.config.address, recipients=[message.recipient.address]
