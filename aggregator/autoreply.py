@@ -8,8 +8,8 @@ first response. The period is claimed in the transaction that queues the reply, 
 both reply.
 
 The ingest pipeline hands over each customer message after it is committed. A crash between that
-commit and the reply being queued loses the automatic reply (it is never sent twice): a lost
-acknowledgement is the lesser harm.
+commit and the reply being queued would lose the automatic reply: at start, `recover` looks again at
+the customer messages of the last ten minutes, and the claim makes that safe (nothing sent twice).
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 AUTOMATIC_FLAGS = frozenset({"auto_submitted", "bulk", "bounce", "echo"})
 QUEUE_LIMIT = 10_000
+# At start, customer messages this recent are looked at again (see AutoReplier.recover).
+RECOVER_SECONDS = 600.0
 
 Enqueue = Callable[[str], Awaitable[None]]
 
@@ -129,14 +131,38 @@ class AutoReplier:
             return "acknowledge", ack.template
         return None
 
-    async def consider(self, message_id: str) -> str | None:
-        """Queue the automatic reply message `message_id` calls for; its message id, or None."""
+    async def recover(self, within: float = RECOVER_SECONDS) -> int:
+        """Consider again the customer messages of the last `within` seconds; how many got a reply.
+
+        Run at start: a message stored just before a crash (or a kill) may have missed its automatic
+        reply. Considering one twice sends nothing twice: the contact's period is claimed in the
+        transaction that queues a reply, so a message already answered (by this process before the
+        crash, or by another one) is left alone. Hours are judged at the time the message came.
+        """
+        sent = 0
+        for message_id in await self.store.recent_inbound(within):
+            try:
+                if await self.consider(message_id, at_arrival=True) is not None:
+                    sent += 1
+            except Exception:
+                log.exception("automatic reply to message %s failed", message_id)
+        if sent:
+            log.info("%d automatic replies sent that a stop had left out", sent)
+        return sent
+
+    async def consider(self, message_id: str, *, at_arrival: bool = False) -> str | None:
+        """Queue the automatic reply message `message_id` calls for; its message id, or None.
+
+        `at_arrival`: judge the business hours at the time the message was stored (a late look).
+        """
         facts = await self.store.inbound_facts(message_id)
         if facts is None:
             return None
         settings = await self.settings.get(facts.workspace_id)
         now = self.clock()
-        decided = self.decide(facts, settings, now)
+        decided = self.decide(
+            facts, settings, facts.created_at if at_arrival and facts.created_at is not None else now
+        )
         if decided is None:
             return None
         kind, template = decided

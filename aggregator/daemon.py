@@ -117,6 +117,7 @@ class Daemon:
         self._drain = Drain()
         self._refresher: asyncio.Task[None] | None = None
         self._snoozer: asyncio.Task[None] | None = None
+        self._recovery: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self.channels: ChannelManager | None = None
         self.outbox: OutboxWorker | None = None
@@ -151,6 +152,7 @@ class Daemon:
         )
         await self.outbox.start()
         await self.auto_replies.start()
+        self._recovery = asyncio.create_task(self._recover_auto_replies(), name="auto-reply-recovery")
         app = create_app(
             self.store,
             self.bus,
@@ -173,6 +175,12 @@ class Daemon:
         self._refresher = asyncio.create_task(self._refresh_loop(), name="channel-refresh")
         self._snoozer = asyncio.create_task(self._snooze_loop(), name="snooze-wake")
         log.info("serving on http://%s:%s", self.settings.http.host, self.port)
+
+    async def _recover_auto_replies(self) -> None:
+        try:
+            await self.auto_replies.recover()
+        except Exception:
+            log.exception("looking for automatic replies a stop left out failed")
 
     async def _publish(self, event: Event) -> None:
         try:
@@ -246,6 +254,10 @@ class Daemon:
         if self.channels is not None:
             await self.channels.stop_all()
         await self.ingestor.stop()
+        if self._recovery is not None:
+            self._recovery.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._recovery
         await self.auto_replies.stop()
         if self._http is not None:
             await self._http.close()

@@ -981,3 +981,42 @@ async def test_over_email_automatic_mail_gets_no_reply_and_a_customer_gets_one(
         assert outbox[0][0] == 2
         await asyncio.sleep(0.3)
         assert len(smtp.received) == 2
+
+
+async def test_a_reply_a_stop_left_out_is_sent_at_the_next_start_and_only_once(tmp_path: Path) -> None:
+    """The crash window: a message committed whose automatic reply was never considered (here the
+    hook is taken away, as a kill between the commit and the reply would)."""
+    clock = Clock(START)
+    async with started(tmp_path, clock) as daemon:
+        assert daemon.bootstrap is not None
+        workspace_id = daemon.bootstrap.workspace.id
+        channel = await add_channel(daemon.store, workspace_id, {"secret": SECRET}, name="shop")
+        await daemon.store.create_template(workspace_id, "Acknowledgement", ACK_VARIANTS, shortcode="ack")
+        rules = {"acknowledge": {channel: {"template": "ack"}}}
+        await daemon.store.update_workspace(
+            workspace_id,
+            settings=WorkspaceSettings.model_validate({"auto_replies": rules}).model_dump(mode="json"),
+        )
+        daemon.workspace_settings.forget(workspace_id)
+        answered = await daemon.ingestor(inbound(channel, "m1", sender="ann", text_body=ENGLISH))
+        await settle(daemon)
+        assert len(await outgoing(daemon)) == 1
+        daemon.ingestor.hooks.remove(daemon.auto_replies.hook)
+        missed = await daemon.ingestor(inbound(channel, "m2", sender="bob", text_body=ENGLISH))
+        await daemon.ingestor._events.join()
+        assert [r.conversation_id for r in await outgoing(daemon)] == [answered.conversation_id]
+    async with started(tmp_path, clock) as daemon:
+
+        async def two() -> bool:
+            return len(await outgoing(daemon)) == 2
+
+        await wait_until(two, within=10.0, what="the left-out acknowledgement")
+        assert {r.conversation_id for r in await outgoing(daemon)} == {
+            answered.conversation_id,
+            missed.conversation_id,
+        }
+        # Looking again sends nothing: each contact's period is claimed.
+        assert await daemon.auto_replies.recover() == 0
+    async with started(tmp_path, clock) as daemon:
+        assert await daemon.auto_replies.recover() == 0
+        assert len(await outgoing(daemon)) == 2

@@ -4,6 +4,7 @@ and automatic replies (at most one per contact per period, claimed in the transa
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -138,6 +139,20 @@ class ReplyQueries(InboxQueries):
         async with self.read() as conn:
             return await _facts(conn, message_id)
 
+    async def recent_inbound(self, seconds: float, limit: int = 10_000) -> list[str]:
+        """Ids of customer messages stored in the last `seconds` (real time: ids carry it, so this reads
+        the primary key, no scan), oldest first."""
+        m = t.messages
+        floor = f"{max(0, int((time.time() - seconds) * 1000)):012x}" + "0" * 20
+        async with self.read() as conn:
+            rows = await conn.execute(
+                select(m.c.id)
+                .where(m.c.id >= floor, m.c.direction == "in", m.c.kind == "message")
+                .order_by(m.c.id)
+                .limit(limit)
+            )
+            return [row.id for row in rows]
+
     async def last_auto_reply(self, workspace_id: str, contact_id: str) -> tuple[str, datetime] | None:
         """(kind, when) of the contact's latest automatic reply, if any."""
         ar = t.auto_replies
@@ -228,6 +243,7 @@ class InboundFacts:
     first_in_conversation: bool  # no earlier message, ours or theirs, in its conversation
     blocked: bool  # the customer cannot be written to there (blocked the bot)
     address: str = ""  # the customer's address on the channel (the conversation's identity)
+    created_at: datetime | None = None  # when it was stored
 
 
 async def _facts(conn: AsyncConnection, message_id: str) -> InboundFacts | None:
@@ -269,5 +285,6 @@ async def _facts(conn: AsyncConnection, message_id: str) -> InboundFacts | None:
         flags=list(row.flags or []),
         first_in_conversation=earlier is None,
         blocked=row.blocked_at is not None,
+        created_at=row.created_at,
         address=row.address,
     )
