@@ -13,7 +13,9 @@ from aggregator.config import Settings
 from aggregator.daemon import Daemon
 from fakes.callback import CallbackServer
 from support.app import SECRET, Core, make_settings, open_core, running_daemon
+from support.dovecot import Dovecot, running_dovecot
 from support.redis_server import RedisServer
+from support.smtp_server import SmtpServer, running_smtp_server
 
 
 @pytest.fixture
@@ -64,3 +66,17 @@ async def callback_server() -> AsyncIterator[CallbackServer]:
         yield server
     finally:
         await server.close()
+
+
+@pytest.fixture
+async def dovecot(tmp_path: Path) -> AsyncIterator[Dovecot]:
+    """A real Dovecot (IMAP) on a free loopback port; any user logs in with "secret"."""
+    async with running_dovecot(tmp_path) as server:
+        yield server
+
+
+@pytest.fixture
+async def smtp(tmp_path: Path) -> AsyncIterator[SmtpServer]:
+    """A real SMTP server on a free loopback port taking support@shop.test / "secret"."""
+    async with running_smtp_server(tmp_path, security="none", auth=("support@shop.test", "secret")) as server:
+        yield server

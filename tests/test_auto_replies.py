@@ -33,8 +33,8 @@ from channels.email.parse import parse_message
 from fakes.callback import CallbackServer
 from support.api import ApiClient, user_with_token
 from support.app import SECRET, add_channel, daemon_url, inbound, make_settings, sql, wait_until
-from support.dovecot import Dovecot, running_dovecot
-from support.smtp_server import SmtpServer, running_smtp_server
+from support.dovecot import Dovecot
+from support.smtp_server import SmtpServer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -845,18 +845,6 @@ async def inbound_rows(daemon: Daemon, channel_id: str) -> list[Any]:
         "WHERE m.channel_account_id = :ch AND m.direction = 'in' ORDER BY m.id",
         ch=channel_id,
     )
-
-
-@pytest.fixture
-async def dovecot(tmp_path: Path) -> AsyncIterator[Dovecot]:
-    async with running_dovecot(tmp_path) as server:
-        yield server
-
-
-@pytest.fixture
-async def smtp(tmp_path: Path) -> AsyncIterator[SmtpServer]:
-    async with running_smtp_server(tmp_path, security="none", auth=(SUPPORT, "secret")) as server:
-        yield server
 
 
 async def test_over_email_automatic_mail_gets_no_reply_and_a_customer_gets_one(

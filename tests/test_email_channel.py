@@ -8,7 +8,7 @@ import asyncio
 import email
 import email.policy
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
@@ -23,24 +23,12 @@ from channels.base import AuthError, ChannelAdapter, ChannelError, PermanentErro
 from channels.email import EmailChannel
 from support.app import Core, closed_port, sql, sql_write
 from support.dovecot import Dovecot, running_dovecot
-from support.smtp_server import SmtpServer, running_smtp_server
+from support.smtp_server import SmtpServer
 
 pytestmark = pytest.mark.timeout(60)
 
 SUPPORT = "support@shop.test"
 USER = "support"  # the Dovecot mailbox our channel reads (any user logs in with "secret")
-
-
-@pytest.fixture
-async def dovecot(tmp_path: Path) -> AsyncIterator[Dovecot]:
-    async with running_dovecot(tmp_path) as server:
-        yield server
-
-
-@pytest.fixture
-async def smtp(tmp_path: Path) -> AsyncIterator[SmtpServer]:
-    async with running_smtp_server(tmp_path, security="none", auth=(SUPPORT, "secret")) as server:
-        yield server
 
 
 def config(dovecot: Dovecot, smtp: SmtpServer, **overrides: Any) -> dict[str, Any]:

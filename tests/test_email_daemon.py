@@ -6,31 +6,18 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import AsyncIterator
 from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
 
 from support.daemon_process import DaemonProcess
-from support.dovecot import Dovecot, running_dovecot
-from support.smtp_server import SmtpServer, running_smtp_server
+from support.dovecot import Dovecot
+from support.smtp_server import SmtpServer
 
 pytestmark = pytest.mark.timeout(180)
 
 USER = "support"
-
-
-@pytest.fixture
-async def dovecot(tmp_path: Path) -> AsyncIterator[Dovecot]:
-    async with running_dovecot(tmp_path) as server:
-        yield server
-
-
-@pytest.fixture
-async def smtp(tmp_path: Path) -> AsyncIterator[SmtpServer]:
-    async with running_smtp_server(tmp_path, security="none", auth=("support@shop.test", "secret")) as server:
-        yield server
 
 
 def raw_mail(n: int) -> bytes:

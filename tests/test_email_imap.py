@@ -52,12 +52,6 @@ def settings_for(server: Dovecot, **overrides: Any) -> ImapSettings:
 
 
 @pytest.fixture
-async def dovecot(tmp_path: Path) -> AsyncIterator[Dovecot]:
-    async with running_dovecot(tmp_path) as server:
-        yield server
-
-
-@pytest.fixture
 async def client(dovecot: Dovecot) -> AsyncIterator[ImapClient]:
     connected = await ImapClient.connect(settings_for(dovecot))
     try:
