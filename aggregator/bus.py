@@ -964,7 +964,7 @@ class RedisBus:
                     # Whatever went wrong, a live subscriber is better served by a retry than a silent end.
                     log.exception("event subscription failed; reconnecting in %.1fs", backoff)
                 finally:
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]  # untyped before redis 8
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._closed.wait(), backoff)
                 backoff = min(backoff * 2, 5.0)
