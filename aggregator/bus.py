@@ -68,7 +68,23 @@ class Job:
     deliveries: int
 
 
+EventListener = Callable[[Event], None]
+
+
+def _tell(listeners: Sequence[EventListener], events: Sequence[Event]) -> None:
+    """This process's own reactions (routing, SLA, rules) hear every event it publishes, Redis or not."""
+    for listener in listeners:
+        for event in events:
+            try:
+                listener(event)
+            except Exception:
+                log.exception("event listener failed on %s", event.type)
+
+
 class Bus(Protocol):
+    # Called (synchronously, so cheaply: enqueue and return) with every event this process publishes.
+    listeners: list[EventListener]
+
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
@@ -316,6 +332,7 @@ class InProcessBus:
         self._buckets: dict[str, tuple[float, float]] = {}
         self._leases: dict[str, tuple[str, float]] = {}
         self._closed = False
+        self.listeners: list[EventListener] = []
 
     async def start(self) -> None:
         """Nothing to connect to."""
@@ -334,6 +351,10 @@ class InProcessBus:
 
     async def publish(self, event: Event) -> None:
         """Log the event (unless ephemeral) and hand it to every matching subscriber."""
+        _tell(self.listeners, (event,))
+        self._deliver(event)
+
+    def _deliver(self, event: Event) -> None:
         if event.type not in EPHEMERAL_TYPES:
             kept = self._logs.get(event.workspace_id)
             if kept is None:
@@ -345,8 +366,9 @@ class InProcessBus:
 
     async def publish_many(self, events: Sequence[Event]) -> None:
         """Hand each event, in order, to every matching subscriber."""
+        _tell(self.listeners, events)
         for event in events:
-            await self.publish(event)
+            self._deliver(event)
 
     async def recent_events(self, workspace_id: str, after_id: str) -> list[Event] | None:
         """The logged events after `after_id`, oldest first; None when it is not in the log."""
@@ -750,6 +772,7 @@ class RedisBus:
         event_log: int = EVENT_LOG_LENGTH,
     ) -> None:
         self._prefix = prefix
+        self.listeners: list[EventListener] = []
         self._visibility_timeout = visibility_timeout
         self._subscriber_buffer = subscriber_buffer
         self._event_log = max(1, event_log)
@@ -826,11 +849,13 @@ class RedisBus:
 
     async def publish(self, event: Event) -> None:
         """Log the event (unless ephemeral) and publish it on the workspace's channel (at most once)."""
+        _tell(self.listeners, (event,))
         await self._publish([event])
 
     async def publish_many(self, events: Sequence[Event]) -> None:
         """Log and publish the events in one pipelined round trip."""
         if events:
+            _tell(self.listeners, events)
             await self._publish(events)
 
     async def _publish(self, events: Sequence[Event]) -> None:

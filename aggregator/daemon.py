@@ -17,16 +17,20 @@ from aiohttp import web
 
 from aggregator.api.app import Drain, create_app
 from aggregator.attachments import AttachmentStore
+from aggregator.automation import RuleEngine
 from aggregator.autoreply import AutoReplier
 from aggregator.bus import Bus, BusUnavailable, create_bus
 from aggregator.channels import ChannelManager
 from aggregator.config import Settings
+from aggregator.engine import ConversationEngine
 from aggregator.ingest import Ingestor
 from aggregator.live import LiveHub
 from aggregator.metrics import Metrics
 from aggregator.model import Event, Role, utcnow
 from aggregator.outbound import OutboxWorker
+from aggregator.routing import RoutingEngine
 from aggregator.secrets import SecretBox
+from aggregator.sla import SlaEngine
 from aggregator.store import Conflict, Store, Workspace
 from aggregator.tokens import new_token
 from aggregator.workspace import SettingsCache
@@ -121,6 +125,10 @@ class Daemon:
         self._stopping = asyncio.Event()
         self.channels: ChannelManager | None = None
         self.outbox: OutboxWorker | None = None
+        self.engine: ConversationEngine | None = None
+        self.rules: RuleEngine | None = None
+        self.routing = RoutingEngine(self.store, self.workspace_settings, clock=clock, publish=self._publish)
+        self.sla = SlaEngine(self.store, self.workspace_settings, clock=clock, publish=self._publish)
         self.port: int | None = None
 
     async def start(self) -> None:
@@ -152,6 +160,19 @@ class Daemon:
         )
         await self.outbox.start()
         await self.auto_replies.start()
+        # Rules first (they may choose the team, labels, priority), then routing, then SLA timers.
+        self.rules = RuleEngine(
+            self.store,
+            self.workspace_settings,
+            self.registry,
+            self._enqueue_outbox,
+            self._http,
+            clock=self.clock,
+            publish=self._publish,
+        )
+        self.engine = ConversationEngine([self.rules, self.routing, self.sla])
+        self.bus.listeners.append(self.engine.listen)
+        await self.engine.start()
         self._recovery = asyncio.create_task(self._recover_auto_replies(), name="auto-reply-recovery")
         app = create_app(
             self.store,
@@ -254,6 +275,10 @@ class Daemon:
         if self.channels is not None:
             await self.channels.stop_all()
         await self.ingestor.stop()
+        if self.engine is not None:
+            await self.engine.stop()
+            with contextlib.suppress(ValueError):
+                self.bus.listeners.remove(self.engine.listen)
         if self._recovery is not None:
             self._recovery.cancel()
             with contextlib.suppress(asyncio.CancelledError):

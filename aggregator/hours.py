@@ -312,6 +312,25 @@ class BusinessHours(BaseModel):
         return total
 
 
+    def add_open_seconds(self, start: datetime, seconds: float) -> datetime | None:
+        """The instant when `seconds` business seconds have passed since `start` (an SLA's due time):
+        counting only open time, in UTC; `start` itself when `seconds` <= 0 and open (else the next
+        opening); None when the hours never open enough within `HORIZON_DAYS` days."""
+        moment = _aware(start, "start").astimezone(UTC)
+        left = max(0.0, float(seconds))
+        if self.open_always:
+            return moment + timedelta(seconds=left)
+        calendar = self._calendar()
+        if not any(calendar.week):
+            return None
+        for opens, closes in calendar.search(moment):
+            begin = max(opens, moment)
+            span = (closes - begin).total_seconds()
+            if left <= span:
+                return (begin + timedelta(seconds=left)).astimezone(UTC)
+            left -= span
+        return None
+
 def _locale(language: str) -> Locale:
     """Babel's locale for a language tag ("de", "pt-BR", "en_US"); its base language, else English."""
     tag = language.strip().replace("-", "_")

@@ -11,6 +11,7 @@ from sqlalchemy import (
     JSON,
     Column,
     Dialect,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -127,6 +128,11 @@ users = Table(
     Column("deactivated_at", UTCDateTime()),
     # Ends replies made from templates ({{ agent.signature }}); the name when unset.
     Column("signature", Text),
+    # Routing: "online" | "away" | "offline" (set through the API and by the live stream's presence).
+    Column("availability", String(16), nullable=False, server_default="offline"),
+    Column("availability_at", UTCDateTime()),
+    # When routing last gave this agent a conversation: round robin among equally loaded agents.
+    Column("last_assigned_at", UTCDateTime()),
     UniqueConstraint("workspace_id", "email"),
 )
 
@@ -144,6 +150,19 @@ api_tokens = Table(
     Column("revoked_at", UTCDateTime()),
 )
 
+# Business-hours calendars (aggregator.hours.BusinessHours as JSON), used by teams and SLA policies.
+calendars = Table(
+    "calendars",
+    metadata,
+    _id(),
+    _workspace(),
+    Column("name", String(200), nullable=False),
+    Column("hours", JSON, nullable=False),
+    _created(),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    UniqueConstraint("workspace_id", "name"),
+)
+
 teams = Table(
     "teams",
     metadata,
@@ -152,6 +171,12 @@ teams = Table(
     Column("name", String(200), nullable=False),
     Column("languages", JSON, nullable=False, default=list),
     _created(),
+    # Routing: the channel accounts whose conversations this team takes ([] = any), its business-hours
+    # calendar, its lead (notified by rules), and its order among teams that fit equally well.
+    Column("channel_account_ids", JSON, nullable=False, default=list),
+    Column("calendar_id", ID, ForeignKey("calendars.id")),
+    Column("lead_id", ID, ForeignKey("users.id")),
+    Column("position", Integer, nullable=False, server_default="0"),
     UniqueConstraint("workspace_id", "name"),
 )
 
@@ -255,6 +280,17 @@ conversations = Table(
     Column("last_message_preview", Text),
     Column("last_message_direction", String(3)),
     Column("sla_due_at", UTCDateTime()),
+    # Who assigned it: "manual" (an agent or admin: routing never overrides), "routing" or "rule".
+    Column("assigned_by", String(16)),
+    # The first customer message no agent has answered yet (NULL when answered): response timers.
+    Column("awaiting_since", UTCDateTime()),
+    Column("status_changed_at", UTCDateTime()),
+    # SLA: the policy a rule or an agent chose (else the first matching one), the state of the running
+    # timer ("running" | "paused" | "breached"), when it breached, and the updated_at it was computed at.
+    Column("sla_policy_id", ID, ForeignKey("sla_policies.id")),
+    Column("sla_state", String(16)),
+    Column("sla_breached_at", UTCDateTime()),
+    Column("sla_checked_at", UTCDateTime()),
     Index(None, "workspace_id", "last_activity_at", "id"),
     Index(None, "workspace_id", "status", "last_activity_at", "id"),
     Index(None, "workspace_id", "assignee_id", "last_activity_at", "id"),
@@ -262,6 +298,7 @@ conversations = Table(
     Index(None, "status", "snoozed_until"),
     # Also serves subject threading: (contact, channel account, active since) then subject_key filtered.
     Index(None, "contact_id", "channel_account_id", "last_activity_at"),
+    Index(None, "workspace_id", "sla_due_at"),
 )
 
 conversation_labels = Table(
@@ -354,6 +391,84 @@ auto_replies = Table(
     Column("kind", String(32), nullable=False),  # "acknowledge" | "out_of_hours"
     Column("message_id", ID, nullable=False),
     Column("sent_at", UTCDateTime(), nullable=False),
+)
+
+# SLA policies: targets per metric, chosen by conditions in `position` order; "around_the_clock"
+# (marketplace mode) or "business_hours" (company mode, the calendar's, else the team's or workspace's).
+sla_policies = Table(
+    "sla_policies",
+    metadata,
+    _id(),
+    _workspace(),
+    Column("name", String(200), nullable=False),
+    Column("position", Integer, nullable=False, server_default="0"),
+    Column("enabled", Integer, nullable=False, server_default="1"),
+    # {"channel_account_ids": [...], "channel_kinds": [...], "priorities": [...], "labels": [...]}
+    Column("conditions", JSON, nullable=False, default=dict),
+    Column("first_response_seconds", Integer),
+    Column("next_response_seconds", Integer),
+    Column("resolution_seconds", Integer),
+    Column("mode", String(32), nullable=False, server_default="business_hours"),
+    Column("calendar_id", ID, ForeignKey("calendars.id")),
+    Column("warn_before_seconds", Integer),
+    _created(),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    UniqueConstraint("workspace_id", "name"),
+)
+
+# One row per conversation and metric ("first_response" | "next_response" | "resolution"). The
+# scheduler reads rows whose next_fire_at has come (the warning, then the breach; each fires once).
+sla_timers = Table(
+    "sla_timers",
+    metadata,
+    Column("conversation_id", ID, ForeignKey("conversations.id"), primary_key=True),
+    Column("metric", String(32), primary_key=True),
+    _workspace(),
+    Column("policy_id", ID, ForeignKey("sla_policies.id")),
+    Column("started_at", UTCDateTime(), nullable=False),
+    Column("due_at", UTCDateTime()),
+    Column("warn_at", UTCDateTime()),
+    Column("paused_at", UTCDateTime()),
+    # While paused: what was left of the target (business seconds in business-hours mode).
+    Column("remaining_seconds", Float),
+    Column("stopped_at", UTCDateTime()),
+    Column("warned_at", UTCDateTime()),
+    Column("breached_at", UTCDateTime()),
+    Column("next_fire_at", UTCDateTime()),
+    Index(None, "next_fire_at"),
+)
+
+# Automation rules: on `event`, when every condition holds, the actions run; `position` orders them.
+rules = Table(
+    "rules",
+    metadata,
+    _id(),
+    _workspace(),
+    Column("name", String(200), nullable=False),
+    Column("position", Integer, nullable=False, server_default="0"),
+    Column("enabled", Integer, nullable=False, server_default="1"),
+    Column("event", String(64), nullable=False),
+    # Event parameters (time-based: {"hours": 360}).
+    Column("event_options", JSON, nullable=False, default=dict),
+    Column("conditions", JSON, nullable=False, default=list),
+    Column("actions", JSON, nullable=False, default=list),
+    # "api" or "config" (loaded from the config file; replaced on each start).
+    Column("source", String(16), nullable=False, server_default="api"),
+    _created(),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    UniqueConstraint("workspace_id", "name"),
+)
+
+# What a rule already did to a conversation for a given occasion (time-based rules fire once per
+# quiet stretch; recovery after a crash does not fire a rule twice).
+rule_firings = Table(
+    "rule_firings",
+    metadata,
+    Column("rule_id", ID, ForeignKey("rules.id"), primary_key=True),
+    Column("conversation_id", ID, ForeignKey("conversations.id"), primary_key=True),
+    Column("key", String(128), primary_key=True),
+    _workspace(),
+    Column("fired_at", UTCDateTime(), nullable=False),
 )
 
 attachments = Table(
