@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from aggregator.api import admin, contacts, conversations, stream, templates, workspace
+from aggregator.api import admin, calendars, contacts, conversations, rules, sla, stream, templates, workspace
 from aggregator.api.framework import API, Api, Call
 
 meta = Api()
@@ -25,6 +25,7 @@ async def get_openapi(call: Call) -> web.StreamResponse:
 
 def build_api() -> Api:
     api = Api()
-    for module_api in (meta, conversations.api, contacts.api, templates.api, workspace.api, admin.api, stream.api):
+    modules = (conversations, contacts, templates, workspace, admin, calendars, sla, rules, stream)
+    for module_api in (meta, *(module.api for module in modules)):
         api.include(module_api)
     return api

@@ -29,10 +29,14 @@ from aggregator.secrets import SecretBox
 from aggregator.store import schema as t
 from aggregator.store.admin import AdminQueries
 from aggregator.store.base import ChannelAccount, Conflict, NotFound
+from aggregator.store.calendars import CalendarQueries
 from aggregator.store.contacts import ContactQueries
 from aggregator.store.engine import create_engine, migrate
 from aggregator.store.ingest_batch import BatchOutcome, PreparedInbound, detect_languages, ingest_batch
 from aggregator.store.replies import ReplyQueries
+from aggregator.store.routing import RoutingQueries
+from aggregator.store.rules import RuleQueries
+from aggregator.store.sla import SlaQueries
 from aggregator.store.templates import TemplateQueries
 from aggregator.store.writer import BatchWriter
 from aggregator.tokens import hash_token
@@ -96,7 +100,16 @@ def _markdown_v2_of(extra: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-class Store(ReplyQueries, AdminQueries, ContactQueries, TemplateQueries):
+class Store(
+    ReplyQueries,
+    AdminQueries,
+    ContactQueries,
+    TemplateQueries,
+    CalendarQueries,
+    SlaQueries,
+    RoutingQueries,
+    RuleQueries,
+):
     """Access to the SQL record. Adapters never see it; the core calls it."""
 
     @classmethod
