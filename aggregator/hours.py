@@ -1,7 +1,7 @@
 """A workspace's business-hours calendar: when the team is open, when it opens next, how long it works.
 
 Used by the out-of-hours automatic replies ("we are closed, back on Monday 09:00"), later by SLA timers
-and routing. Pure: no I/O, only `zoneinfo`, pydantic and (for `describe_next_open`) Babel.
+and routing. Pure: no I/O, only `zoneinfo`, pydantic, the `holidays` package and (for `describe_next_open`) Babel.
 
 Semantics, all in the calendar's local wall time (`timezone`):
 
@@ -15,6 +15,9 @@ Semantics, all in the calendar's local wall time (`timezone`):
 - Daylight saving time: a wall time that does not exist (spring forward, 02:30 in Berlin on
   2026-03-29) means the first instant that exists after it (03:00); a wall time that happens twice
   (fall back) means its first occurrence (fold=0).
+- `holidays` names a country (and optionally a subdivision) whose public holidays, from the `holidays`
+  package, are closed dates too, exactly like `closed` ones. They are computed per year when first
+  needed, and cached.
 - `open_always` is a 24/7 team: open at every instant, holidays and `weekly` do not apply.
 
 Searches look at most `HORIZON_DAYS` days ahead.
@@ -31,11 +34,12 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Literal, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import holidays as holidays_lib
 from babel import Locale, UnknownLocaleError
 from babel import dates as babel_dates
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-__all__ = ["HORIZON_DAYS", "WEEKDAYS", "BusinessHours", "Weekday", "describe_next_open"]
+__all__ = ["HORIZON_DAYS", "WEEKDAYS", "BusinessHours", "HolidaySource", "Weekday", "describe_next_open"]
 
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 WEEKDAYS: tuple[Weekday, ...] = get_args(Weekday)  # in `date.weekday()` order: Monday is 0
@@ -48,6 +52,14 @@ _SHORT_DIGITS = re.compile(r"\d{1,2}:\d{1,2}-\d{1,2}:\d{1,2}", re.ASCII)
 # An interval as minutes after the midnight that starts its day; the end may pass 24:00 (up to 47:59).
 _Minutes = tuple[int, int]
 _Interval = tuple[datetime, datetime]  # [start, end) as aware UTC instants
+# A country's public holidays: (ISO country code, subdivision code or None).
+_HolidayKey = tuple[str, str | None]
+
+
+@functools.lru_cache(maxsize=256)
+def _public_holidays(country: str, subdivision: str | None, year: int) -> frozenset[date]:
+    """The public holidays of `country` (and `subdivision`) in `year`, from the holidays package."""
+    return frozenset(holidays_lib.country_holidays(country, subdiv=subdivision, years=year))
 
 
 def _default_weekly() -> dict[Weekday, list[str]]:
@@ -124,6 +136,13 @@ class _Calendar:
     zone: ZoneInfo
     week: tuple[tuple[_Minutes, ...], ...]  # by `date.weekday()`
     closed: frozenset[date]
+    holidays: _HolidayKey | None = None
+
+    def is_closed(self, day: date) -> bool:
+        """Whether local date `day` is closed all day: listed in `closed`, or a public holiday."""
+        if day in self.closed:
+            return True
+        return self.holidays is not None and day in _public_holidays(*self.holidays, day.year)
 
     def instant(self, wall: datetime) -> datetime:
         """The UTC instant of a naive local wall time (see the module's DST rules)."""
@@ -151,9 +170,9 @@ class _Calendar:
 
     def day(self, day: date) -> list[_Interval]:
         """The intervals that start on local date `day`, sorted."""
-        if day in self.closed:
+        if self.is_closed(day):
             return []
-        night_ends = _DAY if day + timedelta(days=1) in self.closed else 2 * _DAY
+        night_ends = _DAY if self.is_closed(day + timedelta(days=1)) else 2 * _DAY
         midnight = datetime.combine(day, time())
         found = []
         for start, end in self.week[day.weekday()]:
@@ -199,11 +218,57 @@ class _Calendar:
 
 @functools.lru_cache(maxsize=512)
 def _compile(
-    timezone: str, weekly: tuple[tuple[str, tuple[str, ...]], ...], closed: frozenset[date]
+    timezone: str,
+    weekly: tuple[tuple[str, tuple[str, ...]], ...],
+    closed: frozenset[date],
+    holidays: _HolidayKey | None = None,
 ) -> _Calendar:
     days = dict(weekly)
     week = tuple(_parse_day(day, list(days.get(day, ()))) for day in WEEKDAYS)
-    return _Calendar(ZoneInfo(timezone), week, closed)
+    return _Calendar(ZoneInfo(timezone), week, closed, holidays)
+
+
+class HolidaySource(BaseModel):
+    """Public holidays of a country (optionally of one of its subdivisions), from the holidays package."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    country: str = Field(min_length=2, max_length=3, description="ISO 3166-1 country code, e.g. HU, DE or US")
+    subdivision: str | None = Field(
+        None,
+        min_length=1,
+        max_length=10,
+        description="a state or region code of the country, e.g. BY for Bavaria",
+    )
+
+    @field_validator("country")
+    @classmethod
+    def _country(cls, value: str) -> str:
+        country = value.strip().upper()
+        if country not in holidays_lib.list_supported_countries():
+            raise ValueError(
+                f"{value!r} is not a country the holidays package knows; use an ISO 3166-1 code such as "
+                "HU, DE, AT or US"
+            )
+        return country
+
+    @field_validator("subdivision")
+    @classmethod
+    def _subdivision(cls, value: str | None, info: ValidationInfo) -> str | None:
+        country = info.data.get("country")
+        if value is None or country is None:  # no country: its own error says so
+            return value
+        subdivisions = holidays_lib.list_supported_countries()[country]
+        if value not in subdivisions:
+            listing = ", ".join(subdivisions[:40]) if subdivisions else "none"
+            raise ValueError(
+                f"{value!r} is not a subdivision of {country} (known: {listing}); leave it out for the "
+                "national holidays"
+            )
+        return value
+
+    def key(self) -> _HolidayKey:
+        return (self.country, self.subdivision)
 
 
 class BusinessHours(BaseModel):
@@ -221,8 +286,13 @@ class BusinessHours(BaseModel):
     closed: list[date] = Field(
         default_factory=list, description="holidays: local dates closed all day, e.g. 2026-12-25"
     )
+    holidays: HolidaySource | None = Field(
+        None,
+        description='public holidays closed all day too, e.g. {"country": "HU"} or {"country": "DE", '
+        '"subdivision": "BY"}',
+    )
     open_always: bool = Field(
-        False, description="open 24/7, holidays included (weekly and closed do not apply)"
+        False, description="open 24/7, holidays included (weekly, closed and holidays do not apply)"
     )
 
     @field_validator("timezone")
@@ -256,7 +326,8 @@ class BusinessHours(BaseModel):
 
     def _calendar(self) -> _Calendar:
         weekly = tuple(sorted((day, tuple(entries)) for day, entries in self.weekly.items()))
-        return _compile(self.timezone, weekly, frozenset(self.closed))
+        source = self.holidays.key() if self.holidays is not None else None
+        return _compile(self.timezone, weekly, frozenset(self.closed), source)
 
     def is_open(self, at: datetime) -> bool:
         """Whether the team works at instant `at` (aware; ValueError when naive)."""
@@ -311,7 +382,6 @@ class BusinessHours(BaseModel):
                 total += (min(closes, high) - max(opens, low)).total_seconds()
         return total
 
-
     def add_open_seconds(self, start: datetime, seconds: float) -> datetime | None:
         """The instant when `seconds` business seconds have passed since `start` (an SLA's due time):
         counting only open time, in UTC; `start` itself when `seconds` <= 0 and open (else the next
@@ -330,6 +400,7 @@ class BusinessHours(BaseModel):
                 return (begin + timedelta(seconds=left)).astimezone(UTC)
             left -= span
         return None
+
 
 def _locale(language: str) -> Locale:
     """Babel's locale for a language tag ("de", "pt-BR", "en_US"); its base language, else English."""

@@ -406,3 +406,92 @@ def test_next_open_is_open_and_nothing_before_it_is() -> None:
             while minute < opens:
                 assert not hours.is_open(minute), (hours, at, minute)
                 minute += timedelta(minutes=1)
+
+
+# Public holidays (the holidays package) and business seconds added to an instant (SLA due times)
+
+BUDAPEST = ZoneInfo("Europe/Budapest")
+EIGHT_TO_FOUR = {day: ["08:00-16:00"] for day in ("mon", "tue", "wed", "thu", "fri")}
+
+
+def budapest(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=BUDAPEST)
+
+
+def test_a_countrys_public_holidays_are_closed_days() -> None:
+    hours = BusinessHours(timezone="Europe/Budapest", weekly=EIGHT_TO_FOUR, holidays={"country": "hu"})
+    assert hours.holidays is not None and hours.holidays.country == "HU"  # normalised
+    assert not hours.is_open(budapest(2026, 5, 25, 10))  # Whit Monday in Hungary
+    assert hours.is_open(budapest(2026, 5, 26, 10))
+    # Lazily per year: a holiday of another year is closed too.
+    assert not hours.is_open(budapest(2027, 3, 15, 10))  # National Day, a Monday in 2027
+    assert hours.next_open(budapest(2026, 5, 22, 17)) == budapest(2026, 5, 26, 8)
+    same_hours_without = BusinessHours(timezone="Europe/Budapest", weekly=EIGHT_TO_FOUR)
+    assert same_hours_without.is_open(budapest(2026, 5, 25, 10))
+
+
+def test_holidays_of_a_subdivision() -> None:
+    bavaria = BusinessHours(timezone="Europe/Berlin", holidays={"country": "DE", "subdivision": "BY"})
+    berlin_state = BusinessHours(timezone="Europe/Berlin", holidays={"country": "DE", "subdivision": "BE"})
+    epiphany = berlin(2026, 1, 6, 10)  # a Tuesday: a holiday in Bavaria, not in Berlin
+    assert not bavaria.is_open(epiphany)
+    assert berlin_state.is_open(epiphany)
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ({"country": "XX"}, r"holidays.country\n.*'XX' is not a country the holidays package knows"),
+        ({"country": "DE", "subdivision": "ZZ"}, r"holidays.subdivision\n.*'ZZ' is not a subdivision of DE"),
+        ({"country": "HU", "region": "x"}, "Extra inputs are not permitted"),
+    ],
+)
+def test_unknown_holiday_country_or_subdivision_is_refused_by_name(
+    source: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValidationError, match=message):
+        BusinessHours(holidays=source)
+
+
+def test_holidays_survive_a_json_round_trip_and_keep_the_compile_cache() -> None:
+    hours = BusinessHours(timezone="Europe/Budapest", holidays={"country": "HU"}, closed=[date(2026, 5, 27)])
+    again = BusinessHours.model_validate_json(hours.model_dump_json())
+    assert again == hours
+    assert again._calendar() is hours._calendar()  # hashable arguments: one compiled calendar
+    assert not again.is_open(budapest(2026, 5, 25, 10)) and not again.is_open(budapest(2026, 5, 27, 10))
+
+
+def test_add_open_seconds_counts_only_open_time() -> None:
+    hours = BusinessHours(timezone="Europe/Berlin")  # mon-fri 09:00-17:00
+    monday = berlin(2026, 4, 13, 10)
+    assert hours.add_open_seconds(monday, 3600) == berlin(2026, 4, 13, 11).astimezone(UTC)
+    assert hours.add_open_seconds(monday, 7 * 3600) == berlin(2026, 4, 13, 17).astimezone(UTC)
+    assert hours.add_open_seconds(monday, 7 * 3600 + 1) == berlin(2026, 4, 14, 9, 0).astimezone(
+        UTC
+    ) + timedelta(seconds=1)
+    saturday = berlin(2026, 4, 18, 12)
+    assert hours.add_open_seconds(saturday, 0) == berlin(2026, 4, 20, 9).astimezone(UTC)
+    assert hours.add_open_seconds(monday, 0) == monday.astimezone(UTC)
+    due = hours.add_open_seconds(monday, 40 * 3600)  # five working days
+    assert due is not None and hours.open_seconds_between(monday, due) == 40 * 3600
+
+
+def test_sla_due_time_over_a_weekend_and_a_monday_holiday() -> None:
+    """The issue's case: Mon-Fri 08:00-16:00, a Monday holiday, a Friday 17:00 message, 8 business hours."""
+    friday_evening = budapest(2026, 5, 22, 17)
+    tuesday_four = budapest(2026, 5, 26, 16).astimezone(UTC)
+    from_package = BusinessHours(timezone="Europe/Budapest", weekly=EIGHT_TO_FOUR, holidays={"country": "HU"})
+    assert from_package.add_open_seconds(friday_evening, 8 * 3600) == tuesday_four
+    listed = BusinessHours(timezone="Europe/Budapest", weekly=EIGHT_TO_FOUR, closed=[date(2026, 5, 25)])
+    assert listed.add_open_seconds(friday_evening, 8 * 3600) == tuesday_four
+    without = BusinessHours(timezone="Europe/Budapest", weekly=EIGHT_TO_FOUR)
+    assert without.add_open_seconds(friday_evening, 8 * 3600) == budapest(2026, 5, 25, 16).astimezone(UTC)
+    # Marketplace mode: around the clock.
+    always = BusinessHours(open_always=True, holidays={"country": "HU"})
+    assert always.add_open_seconds(friday_evening, 24 * 3600) == budapest(2026, 5, 23, 17).astimezone(UTC)
+
+
+def test_add_open_seconds_without_any_hours_is_none() -> None:
+    assert BusinessHours(weekly={}).add_open_seconds(datetime(2026, 4, 13, tzinfo=UTC), 60) is None
+    with pytest.raises(ValueError, match="timezone-aware"):
+        BusinessHours().add_open_seconds(datetime(2026, 4, 13), 60)

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from aiohttp import web
 from pydantic import BeforeValidator, ConfigDict, Field, StringConstraints, field_validator
@@ -15,6 +15,7 @@ from pydantic import BeforeValidator, ConfigDict, Field, StringConstraints, fiel
 from aggregator.api.conversations import publish
 from aggregator.api.framework import (
     ADMIN,
+    STAFF,
     Api,
     ApiError,
     ApiModel,
@@ -228,7 +229,9 @@ def _account(record: ChannelRecord) -> ChannelAccount:
 )
 async def list_channels(call: Call) -> web.StreamResponse:
     query = call.query_as(PageQuery)
-    page = await call.store.list_channels(call.workspace_id, limit=query.limit, after=parse_time_cursor(query.cursor))
+    page = await call.store.list_channels(
+        call.workspace_id, limit=query.limit, after=parse_time_cursor(query.cursor)
+    )
     return json_response(
         ChannelPage(
             items=[ChannelOut.from_record(r) for r in page.items], next_cursor=_next(page.next_cursor)
@@ -360,6 +363,9 @@ async def _check(call: Call, record: ChannelRecord) -> CheckResult:
 # Users
 
 
+Availability = Literal["online", "away", "offline"]
+
+
 class UserOut(OutModel):
     id: str
     name: str
@@ -370,6 +376,11 @@ class UserOut(OutModel):
     team_ids: list[str]
     active: bool
     signature: str | None = Field(description="ends replies made from templates (`{{ agent.signature }}`)")
+    availability: Availability = Field(
+        description="`online` (routing gives them conversations), `away` or `offline`; opening the live "
+        "stream makes an offline user online, closing their last stream offline again (not `away`)"
+    )
+    availability_at: datetime | None = Field(description="when the availability last changed")
     created_at: datetime
     deactivated_at: datetime | None
 
@@ -385,6 +396,8 @@ class UserOut(OutModel):
             team_ids=record.team_ids,
             active=record.deactivated_at is None,
             signature=record.signature,
+            availability=record.availability,
+            availability_at=record.availability_at,
             created_at=record.created_at,
             deactivated_at=record.deactivated_at,
         )
@@ -416,8 +429,11 @@ class UserPatch(ApiModel):
     signature: Annotated[str, StringConstraints(max_length=2000)] | None = _leave_out(
         'ends replies made from templates ({{ agent.signature }}), may span lines; "" removes it'
     )
+    availability: Availability | None = _leave_out("`online`, `away` or `offline`")
 
-    _checked = field_validator("name", "email", "role", "languages", "capacity", "signature")(_not_null)
+    _checked = field_validator("name", "email", "role", "languages", "capacity", "signature", "availability")(
+        _not_null
+    )
 
 
 @api.endpoint(
@@ -488,17 +504,19 @@ async def create_user(call: Call) -> web.StreamResponse:
 @api.endpoint(
     "PATCH",
     "/users/{id}",
-    summary="Change a user's name, email, role, languages, capacity or signature",
+    summary="Change a user's name, email, role, languages, capacity, signature or availability",
     tag="admin",
     roles=ADMIN,
     body=UserPatch,
     response=UserOut,
     errors=(409,),
     description="A new role applies to the user's tokens at once. The workspace's last active admin "
-    "keeps the admin role (409 `last_admin`). A deactivated user is 404.",
+    "keeps the admin role (409 `last_admin`). A deactivated user is 404. A new availability is "
+    "handed to routing (agents set their own with PUT /me/availability).",
 )
 async def patch_user(call: Call) -> web.StreamResponse:
     body = call.body_as(UserPatch)
+    user_id = call.path("id")
     change = UserChange(
         name=body.name,
         email=body.email,
@@ -508,8 +526,67 @@ async def patch_user(call: Call) -> web.StreamResponse:
         signature=body.signature,
     )
     with _conflicts("email"):
-        record = await call.store.update_user(call.workspace_id, call.path("id"), change)
+        record = await call.store.update_user(call.workspace_id, user_id, change)
+    if body.availability is not None and await change_availability(call, user_id, body.availability):
+        record = await call.store.get_user(call.workspace_id, user_id)
     return json_response(UserOut.from_record(record))
+
+
+async def change_availability(
+    call: Call, user_id: str, availability: str, *, only_from: tuple[str, ...] | None = None
+) -> bool:
+    """Set a user's availability; when it changed, publish `user.availability` (routing reacts to it).
+
+    With `only_from`, only a user whose availability is one of those changes (see the store).
+    """
+    previous = (await call.store.get_user(call.workspace_id, user_id)).availability
+    changed = await call.store.set_availability(
+        call.workspace_id, user_id, availability, utcnow(), only_from=only_from
+    )
+    if changed:
+        data = {"user_id": user_id, "availability": availability, "previous": previous}
+        tell_listeners(call, Event("user.availability", call.workspace_id, data))
+    return changed
+
+
+def tell_listeners(call: Call, event: Event) -> None:
+    """Hand an event to this process's own reactions (bus.listeners: rules, routing, SLA) only.
+
+    Availability changes are not live stream events: clients resuming a stream replay the same events
+    as before, and presence already shows who is around.
+    """
+    for listener in list(call.bus.listeners):
+        try:
+            listener(event)
+        except Exception:
+            log.exception("event listener failed on %s", event.type)
+
+
+class AvailabilityBody(ApiModel):
+    availability: Availability = Field(
+        description="`online` (routing gives you conversations), `away` (kept when your live stream closes) "
+        "or `offline`"
+    )
+
+
+@api.endpoint(
+    "PUT",
+    "/me/availability",
+    summary="Set the calling user's availability: online, away or offline",
+    tag="admin",
+    roles=STAFF,
+    body=AvailabilityBody,
+    response=UserOut,
+    description="Routing hears each change (the daemon's `user.availability` event, not a live stream "
+    "event) and gives conversations to online agents. The live stream sets an offline user "
+    "online when it opens, and offline when the user's last stream closes, unless they set `away`.",
+)
+async def put_my_availability(call: Call) -> web.StreamResponse:
+    body = call.body_as(AvailabilityBody)
+    await change_availability(call, call.caller.user_id, body.availability)
+    return json_response(
+        UserOut.from_record(await call.store.get_user(call.workspace_id, call.caller.user_id))
+    )
 
 
 @api.endpoint(
@@ -552,6 +629,10 @@ class TeamOut(OutModel):
     name: str
     languages: list[str]
     member_ids: list[str]
+    channel_account_ids: list[str] = Field(description="routing: the channel accounts it takes ([] = any)")
+    calendar_id: str | None = Field(description="its business-hours calendar (GET /calendars)")
+    lead_id: str | None = Field(description="its lead (notified by rules)")
+    position: int = Field(description="routing: its order among teams that fit equally well, lowest first")
     created_at: datetime
 
     @classmethod
@@ -561,6 +642,10 @@ class TeamOut(OutModel):
             name=record.name,
             languages=record.languages,
             member_ids=record.member_ids,
+            channel_account_ids=record.channel_account_ids,
+            calendar_id=record.calendar_id,
+            lead_id=record.lead_id,
+            position=record.position,
             created_at=record.created_at,
         )
 
@@ -575,24 +660,51 @@ MemberIds = Annotated[
 ]
 
 
+ChannelAccountIds = Annotated[
+    list[Id],
+    Field(
+        max_length=MAX_MEMBERS,
+        description="ids of channel accounts of this workspace whose conversations it takes",
+    ),
+]
+Position = Annotated[
+    int,
+    Field(ge=-1_000_000, le=1_000_000, description="order among teams that fit equally well, lowest first"),
+    BeforeValidator(_integral),
+]
+OptionalId = Annotated[str, StringConstraints(max_length=64)]
+
+
 class TeamCreate(ApiModel):
     name: Name
     languages: Languages = Field(default_factory=list)
     member_ids: MemberIds = Field(default_factory=list)
+    channel_account_ids: ChannelAccountIds = Field(default_factory=list)
+    calendar_id: Id | None = Field(None, description="a calendar of this workspace (GET /calendars)")
+    lead_id: Id | None = Field(None, description="an active user of this workspace")
+    position: Position = 0
 
 
 class TeamPatch(ApiModel):
     name: Name | None = _leave_out()
     languages: Languages | None = _leave_out()
     member_ids: MemberIds | None = _leave_out("replaces the members")
+    channel_account_ids: ChannelAccountIds | None = _leave_out("replaces the channel accounts")
+    calendar_id: OptionalId | None = _leave_out('a calendar of this workspace; "" removes it')
+    lead_id: OptionalId | None = _leave_out('an active user of this workspace; "" removes it')
+    position: Position | None = _leave_out()
 
-    _checked = field_validator("name", "languages", "member_ids")(_not_null)
+    _checked = field_validator(
+        "name", "languages", "member_ids", "channel_account_ids", "calendar_id", "lead_id", "position"
+    )(_not_null)
 
 
 @api.endpoint("GET", "/teams", summary="Teams", tag="admin", roles=ADMIN, query=PageQuery, response=TeamPage)
 async def list_teams(call: Call) -> web.StreamResponse:
     query = call.query_as(PageQuery)
-    page = await call.store.list_teams(call.workspace_id, limit=query.limit, after=parse_time_cursor(query.cursor))
+    page = await call.store.list_teams(
+        call.workspace_id, limit=query.limit, after=parse_time_cursor(query.cursor)
+    )
     return json_response(
         TeamPage(items=[TeamOut.from_record(r) for r in page.items], next_cursor=_next(page.next_cursor))
     )
@@ -618,7 +730,14 @@ async def create_team(call: Call) -> web.StreamResponse:
     body = call.body_as(TeamCreate)
     with _conflicts("name"):
         record = await call.store.create_team(
-            call.workspace_id, body.name, _unique(body.languages) or [], body.member_ids
+            call.workspace_id,
+            body.name,
+            _unique(body.languages) or [],
+            body.member_ids,
+            channel_account_ids=body.channel_account_ids,
+            calendar_id=body.calendar_id,
+            lead_id=body.lead_id,
+            position=body.position,
         )
     return json_response(TeamOut.from_record(record), status=201)
 
@@ -626,7 +745,7 @@ async def create_team(call: Call) -> web.StreamResponse:
 @api.endpoint(
     "PATCH",
     "/teams/{id}",
-    summary="Rename a team, change its languages or replace its members",
+    summary="Rename a team, change its languages, members, channel accounts, calendar, lead or position",
     tag="admin",
     roles=ADMIN,
     body=TeamPatch,
@@ -635,7 +754,15 @@ async def create_team(call: Call) -> web.StreamResponse:
 )
 async def patch_team(call: Call) -> web.StreamResponse:
     body = call.body_as(TeamPatch)
-    change = TeamChange(name=body.name, languages=_unique(body.languages), member_ids=body.member_ids)
+    change = TeamChange(
+        name=body.name,
+        languages=_unique(body.languages),
+        member_ids=body.member_ids,
+        channel_account_ids=body.channel_account_ids,
+        calendar_id=body.calendar_id,
+        lead_id=body.lead_id,
+        position=body.position,
+    )
     with _conflicts("name"):
         record = await call.store.update_team(call.workspace_id, call.path("id"), change)
     return json_response(TeamOut.from_record(record))

@@ -6,13 +6,15 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any, Literal
 
 from aiohttp import WSMsgType, web
 from aiohttp_sse import EventSourceResponse
 from pydantic import Field, ValidationError
 
+from aggregator.api.admin import change_availability
 from aggregator.api.framework import (
     ALL_ROLES,
     STAFF,
@@ -76,6 +78,10 @@ Event types (clients ignore types they do not know):
 - `presence` `{conversation_id, user_id, state, expires_in}`: a user is `viewing` or `typing` on the
   conversation for `expires_in` seconds unless renewed, or `left`. Presence is live only: never
   replayed, no `id`. Expiry sends no event.
+
+Availability: a staff user who is `offline` becomes `online` when they open the live stream, and
+`offline` again when their last open stream (in this process) closes, unless they set themselves `away`
+meanwhile (PUT /me/availability). The daemon's routing hears each change (it is no stream event).
 
 Keep-alive: an SSE comment (`: ping`) every 15 seconds; WebSocket pings at the same interval (a
 client that does not answer is disconnected). A WebSocket client may send
@@ -143,9 +149,63 @@ async def get_stream(call: Call) -> web.StreamResponse:
     socket = web.WebSocketResponse(
         heartbeat=hub.ping_interval, timeout=WS_CLOSE_TIMEOUT, max_msg_size=WS_MAX_MESSAGE
     )
-    if socket.can_prepare(call.request).ok:
-        return await _serve_websocket(call, hub, socket, last_id)
-    return await _serve_sse(call, hub, last_id)
+    async with _online(call, hub):
+        if socket.can_prepare(call.request).ok:
+            return await _serve_websocket(call, hub, socket, last_id)
+        return await _serve_sse(call, hub, last_id)
+
+
+# Per hub (one per application), open live streams by (workspace id, user id): the stream's presence
+# sets the availability (offline -> online on the first, online -> offline when the last closes).
+_streams: weakref.WeakKeyDictionary[LiveHub, dict[tuple[str, str], int]] = weakref.WeakKeyDictionary()
+
+
+def open_streams(hub: LiveHub, workspace_id: str, user_id: str) -> int:
+    """How many live streams of `hub` (this process's) the user has open."""
+    return _streams.get(hub, {}).get((workspace_id, user_id), 0)
+
+
+async def _set_presence(call: Call, availability: str, only_from: tuple[str, ...]) -> None:
+    try:
+        await change_availability(call, call.caller.user_id, availability, only_from=only_from)
+    except NotFound:
+        pass  # deactivated meanwhile
+    except Exception:
+        # The stream works without it (e.g. while the daemon shuts down and the store closes).
+        log.warning(
+            "could not set user %s %s from the live stream", call.caller.user_id, availability, exc_info=True
+        )
+
+
+@contextlib.asynccontextmanager
+async def _online(call: Call, hub: LiveHub) -> AsyncIterator[None]:
+    """While the caller (a staff user) has a stream open: online, unless they set themselves away."""
+    if call.caller.role not in STAFF:
+        yield
+        return
+    counts = _streams.setdefault(hub, {})
+    key = (call.workspace_id, call.caller.user_id)
+    counts[key] = counts.get(key, 0) + 1
+    try:
+        if counts[key] == 1:
+            await _set_presence(call, "online", ("offline",))
+        yield
+    finally:
+        last = counts[key] == 1
+        try:
+            if last:
+                # Counted as open until written, so that a count of 0 means it is recorded. Shielded:
+                # a cancelled handler (the client went away) still records that it left.
+                await asyncio.shield(_set_presence(call, "offline", ("online",)))
+        finally:
+            left = counts[key] - 1
+            if left:
+                counts[key] = left
+            else:
+                del counts[key]
+        if last and left:
+            # Another stream opened while this one recorded the offline: online again.
+            await _set_presence(call, "online", ("offline",))
 
 
 Send = Callable[[StreamItem], Awaitable[None]]

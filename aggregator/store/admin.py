@@ -47,6 +47,11 @@ class UserRecord:
     created_at: datetime
     deactivated_at: datetime | None
     signature: str | None = None
+    availability: str = "offline"  # "online" | "away" | "offline": routing gives work to online agents
+    availability_at: datetime | None = None
+
+
+AVAILABILITIES = ("online", "away", "offline")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,15 +74,26 @@ class TeamRecord:
     languages: list[str]
     member_ids: list[str]
     created_at: datetime
+    # Routing: the channel accounts whose conversations the team takes ([] = any), its business-hours
+    # calendar, its lead, and its order among teams that fit equally well.
+    channel_account_ids: list[str] = field(default_factory=list)
+    calendar_id: str | None = None
+    lead_id: str | None = None
+    position: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class TeamChange:
-    """The fields a PATCH sets; None leaves a field as it is (member_ids replaces the members)."""
+    """The fields a PATCH sets; None leaves a field as it is (member_ids replaces the members; ""
+    removes the calendar or the lead)."""
 
     name: str | None = None
     languages: list[str] | None = None
     member_ids: list[str] | None = None
+    channel_account_ids: list[str] | None = None
+    calendar_id: str | None = None
+    lead_id: str | None = None
+    position: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +157,23 @@ def _user(row: Any, team_ids: list[str]) -> UserRecord:
         created_at=row.created_at,
         deactivated_at=row.deactivated_at,
         signature=row.signature,
+        availability=row.availability,
+        availability_at=row.availability_at,
+    )
+
+
+def _team(row: Any, member_ids: list[str]) -> TeamRecord:
+    return TeamRecord(
+        row.id,
+        row.workspace_id,
+        row.name,
+        list(row.languages or []),
+        member_ids,
+        row.created_at,
+        channel_account_ids=list(row.channel_account_ids or []),
+        calendar_id=row.calendar_id,
+        lead_id=row.lead_id,
+        position=row.position,
     )
 
 
@@ -277,6 +310,34 @@ class AdminQueries(StoreBase):
         except IntegrityError as exc:
             raise Conflict(f"a user with email {change.email!r} exists already in this workspace") from exc
 
+    async def set_availability(
+        self,
+        workspace_id: str,
+        user_id: str,
+        availability: str,
+        now: datetime,
+        *,
+        only_from: Sequence[str] | None = None,
+    ) -> bool:
+        """Set an active user's availability ("online", "away" or "offline"); whether it changed.
+
+        With `only_from`, only a user whose availability is one of those changes (the live stream's
+        presence never overrides an "away" set by hand). NotFound for no such active user.
+        """
+        if availability not in AVAILABILITIES:
+            raise Invalid("availability", f"{availability!r} is not one of {', '.join(AVAILABILITIES)}")
+        u = t.users
+        async with self.write() as conn:
+            current = await self._get_user(conn, workspace_id, user_id)
+            if current.availability == availability or (
+                only_from is not None and current.availability not in only_from
+            ):
+                return False
+            await conn.execute(
+                update(u).where(u.c.id == user_id).values(availability=availability, availability_at=now)
+            )
+        return True
+
     async def deactivate_user(self, workspace_id: str, user_id: str, now: datetime) -> list[str]:
         """Deactivate, revoke its tokens, leave its teams, unassign its unresolved conversations (ids)."""
         u, c = t.users, t.conversations
@@ -332,14 +393,59 @@ class AdminQueries(StoreBase):
         ).first()
         if row is None:
             raise NotFound(f"no team with id {team_id!r}")
-        return TeamRecord(
-            row.id,
-            row.workspace_id,
-            row.name,
-            list(row.languages or []),
-            (await self._members(conn, [row.id]))[row.id],
-            row.created_at,
-        )
+        return _team(row, (await self._members(conn, [row.id]))[row.id])
+
+    async def _check_routing(
+        self,
+        conn: AsyncConnection,
+        workspace_id: str,
+        channel_account_ids: Sequence[str] | None,
+        calendar_id: str | None,
+        lead_id: str | None,
+    ) -> None:
+        """Invalid unless the channel accounts, the calendar and the (active) lead are the workspace's."""
+        if channel_account_ids:
+            ca = t.channel_accounts
+            known = set(
+                (
+                    await conn.execute(
+                        select(ca.c.id).where(
+                            ca.c.id.in_(list(channel_account_ids)),
+                            ca.c.workspace_id == workspace_id,
+                            ca.c.deleted_at.is_(None),
+                        )
+                    )
+                ).scalars()
+            )
+            unknown = [account_id for account_id in channel_account_ids if account_id not in known]
+            if unknown:
+                listing = ", ".join(repr(account_id) for account_id in unknown)
+                raise Invalid(
+                    "channel_account_ids", f"no channel account in this workspace with id {listing}"
+                )
+        if calendar_id:
+            c = t.calendars
+            found = (
+                await conn.execute(
+                    select(c.c.id).where(c.c.id == calendar_id, c.c.workspace_id == workspace_id)
+                )
+            ).first()
+            if found is None:
+                raise Invalid(
+                    "calendar_id",
+                    f"no calendar in this workspace with id {calendar_id!r} (see GET /calendars)",
+                )
+        if lead_id:
+            u = t.users
+            found = (
+                await conn.execute(
+                    select(u.c.id).where(
+                        u.c.id == lead_id, u.c.workspace_id == workspace_id, u.c.deactivated_at.is_(None)
+                    )
+                )
+            ).first()
+            if found is None:
+                raise Invalid("lead_id", f"no active user in this workspace with id {lead_id!r}")
 
     async def _set_members(
         self, conn: AsyncConnection, workspace_id: str, team_id: str, member_ids: Sequence[str]
@@ -372,24 +478,29 @@ class AdminQueries(StoreBase):
         async with self.read() as conn:
             rows, cursor = _cut((await conn.execute(_keyset(query, tt, after, limit))).all(), limit)
             members = await self._members(conn, [row.id for row in rows])
-        return Page(
-            [
-                TeamRecord(r.id, r.workspace_id, r.name, list(r.languages or []), members[r.id], r.created_at)
-                for r in rows
-            ],
-            cursor,
-        )
+        return Page([_team(r, members[r.id]) for r in rows], cursor)
 
     async def get_team(self, workspace_id: str, team_id: str) -> TeamRecord:
         async with self.read() as conn:
             return await self._get_team(conn, workspace_id, team_id)
 
     async def create_team(
-        self, workspace_id: str, name: str, languages: Sequence[str], member_ids: Sequence[str]
+        self,
+        workspace_id: str,
+        name: str,
+        languages: Sequence[str],
+        member_ids: Sequence[str],
+        *,
+        channel_account_ids: Sequence[str] = (),
+        calendar_id: str | None = None,
+        lead_id: str | None = None,
+        position: int = 0,
     ) -> TeamRecord:
         team_id = new_id()
+        accounts = list(dict.fromkeys(channel_account_ids))
         try:
             async with self.write() as conn:
+                await self._check_routing(conn, workspace_id, accounts, calendar_id, lead_id)
                 await conn.execute(
                     insert(t.teams).values(
                         id=team_id,
@@ -397,6 +508,10 @@ class AdminQueries(StoreBase):
                         name=name,
                         languages=list(languages),
                         created_at=utcnow(),
+                        channel_account_ids=accounts,
+                        calendar_id=calendar_id or None,
+                        lead_id=lead_id or None,
+                        position=position,
                     )
                 )
                 await self._set_members(conn, workspace_id, team_id, member_ids)
@@ -410,9 +525,21 @@ class AdminQueries(StoreBase):
             values["name"] = change.name
         if change.languages is not None:
             values["languages"] = list(change.languages)
+        accounts = (
+            None if change.channel_account_ids is None else list(dict.fromkeys(change.channel_account_ids))
+        )
+        if accounts is not None:
+            values["channel_account_ids"] = accounts
+        if change.calendar_id is not None:
+            values["calendar_id"] = change.calendar_id or None
+        if change.lead_id is not None:
+            values["lead_id"] = change.lead_id or None
+        if change.position is not None:
+            values["position"] = change.position
         try:
             async with self.write() as conn:
                 await self._get_team(conn, workspace_id, team_id)
+                await self._check_routing(conn, workspace_id, accounts, change.calendar_id, change.lead_id)
                 if values:
                     await conn.execute(update(t.teams).where(t.teams.c.id == team_id).values(**values))
                 if change.member_ids is not None:
