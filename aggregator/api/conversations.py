@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from datetime import UTC
+from datetime import UTC, timedelta
 from typing import Annotated, Any
 
 from aiohttp import hdrs, web
@@ -78,6 +78,16 @@ class ConversationQuery(ApiModel):
     label: str | None = Field(None, max_length=100)
     language: str | None = Field(None, max_length=35)
     priority: Priority | None = None
+    sla_due_within: int | None = Field(
+        None,
+        ge=0,
+        le=525_600,
+        description="minutes: only conversations with a running SLA timer due within that many minutes "
+        "from now (not breached yet; overdue ones not yet marked breached included)",
+    )
+    sla_breached: bool | None = Field(
+        None, description="true: only conversations whose SLA timer was breached"
+    )
     q: str | None = Field(
         None,
         max_length=200,
@@ -128,6 +138,10 @@ async def list_conversations(call: Call) -> web.StreamResponse:
         label=query.label,
         language=query.language,
         priority=query.priority.value if query.priority is not None else None,
+        sla_due_before=utcnow() + timedelta(minutes=query.sla_due_within)
+        if query.sla_due_within is not None
+        else None,
+        sla_breached=bool(query.sla_breached),
     )
     next_cursor: str | None = None
     if query.q is not None and query.q.strip():
@@ -203,6 +217,10 @@ class ConversationPatch(ApiModel):
         "here, detection never changes it; null hands it back to detection of the next customer message",
     )
 
+    sla_policy_id: Id | None = Field(
+        None, description="an SLA policy for this conversation, or null for the first matching policy"
+    )
+
     @field_validator("status", "priority", "labels")
     @classmethod
     def _not_null(cls, value: object) -> object:
@@ -214,7 +232,7 @@ class ConversationPatch(ApiModel):
 @api.endpoint(
     "PATCH",
     "/conversations/{id}",
-    summary="Change status, priority, assignee, team, labels, snooze or language",
+    summary="Change status, priority, assignee, team, labels, snooze, language or SLA policy",
     tag="conversations",
     roles=STAFF,
     body=ConversationPatch,
@@ -245,6 +263,7 @@ async def patch_conversation(call: Call) -> web.StreamResponse:
         labels=list(body.labels) if body.labels is not None else None,
         snooze_until=body.snooze_until.astimezone(UTC) if body.snooze_until is not None else None,
         language=body.language,
+        sla_policy_id=body.sla_policy_id,
     )
     conversation_id = call.path("id")
     changed = await call.store.update_conversation(

@@ -45,6 +45,28 @@ class LastMessage(OutModel):
     at: datetime = Field(description="the conversation's last activity")
 
 
+class SlaOut(OutModel):
+    policy_id: str | None = Field(description="the SLA policy of the timer")
+    metric: Literal["first_response", "next_response", "resolution"] | None = Field(
+        description="the timer due first: `first_response`, `next_response` or `resolution`"
+    )
+    due_at: datetime | None = Field(description="when it runs out (null while paused)")
+    state: Literal["running", "paused", "breached"]
+    breached_at: datetime | None
+
+
+def sla_data(row: Any) -> dict[str, Any] | None:
+    if row.sla_state is None:
+        return None
+    return {
+        "policy_id": getattr(row, "sla_timer_policy_id", None),
+        "metric": getattr(row, "sla_metric", None),
+        "due_at": row.sla_due_at,
+        "state": row.sla_state,
+        "breached_at": row.sla_breached_at,
+    }
+
+
 LanguageSource = Literal["agent", "detected", "hint", "contact"]
 
 
@@ -67,7 +89,11 @@ class ConversationOut(OutModel):
     last_message: LastMessage
     unread_count: int = Field(description="customer messages this user has not read yet")
     message_count: int
-    sla_due_at: datetime | None = Field(description="when the channel's response-time promise runs out")
+    sla_due_at: datetime | None = Field(description="when the first running SLA timer runs out")
+    sla: SlaOut | None = Field(description="the SLA timer due first; null when no SLA policy applies")
+    sla_policy_id: str | None = Field(
+        description="the SLA policy chosen for it by an agent or a rule; null: the first matching policy"
+    )
     snoozed_until: datetime | None
     resolved_at: datetime | None
     first_response_at: datetime | None
@@ -101,6 +127,8 @@ class ConversationOut(OutModel):
             "unread_count": unread(row),
             "message_count": row.message_count,
             "sla_due_at": row.sla_due_at,
+            "sla": sla_data(row),
+            "sla_policy_id": row.sla_policy_id,
             "snoozed_until": row.snoozed_until,
             "resolved_at": row.resolved_at,
             "first_response_at": row.first_response_at,

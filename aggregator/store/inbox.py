@@ -60,6 +60,9 @@ class ConversationFilter:
     label: str | None = None
     language: str | None = None
     priority: str | None = None
+    # SLA: a running timer due before this instant (not breached yet); or breached.
+    sla_due_before: datetime | None = None
+    sla_breached: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +84,8 @@ class ConversationChange:
     snooze_until: datetime | None = None
     # Set by an agent: detection never changes it afterwards; None hands the language back to detection.
     language: str | None = None
+    # The SLA policy an agent or a rule chose; None goes back to the first matching policy.
+    sla_policy_id: str | None = None
 
 
 _WORD = re.compile(r"[\w*]+", re.UNICODE)
@@ -97,10 +102,25 @@ def fts_query(q: str) -> str | None:
     return " ".join(terms) if terms else None
 
 
+def _sla_timer_column(column: Any, label: str) -> Any:
+    """A column of the conversation's SLA timer due first (sla_due_at is its due time; a paused one
+    when none runs), looked up by primary key without a sort."""
+    st, c = t.sla_timers, t.conversations
+    return (
+        select(column)
+        .where(st.c.conversation_id == c.c.id, st.c.stopped_at.is_(None), st.c.due_at.is_(c.c.sla_due_at))
+        .limit(1)
+        .scalar_subquery()
+        .label(label)
+    )
+
+
 def _conversation_columns() -> list[Any]:
-    c, co, ca = t.conversations, t.contacts, t.channel_accounts
+    c, co, ca, st = t.conversations, t.contacts, t.channel_accounts, t.sla_timers
     return [
         *c.c,
+        _sla_timer_column(st.c.metric, "sla_metric"),
+        _sla_timer_column(st.c.policy_id, "sla_timer_policy_id"),
         co.c.name.label("contact_name"),
         co.c.email.label("contact_email"),
         ca.c.kind.label("channel_kind"),
@@ -146,6 +166,12 @@ def _filters(
         where.append(col(c.c.language) == f.language)
     if f.priority is not None:
         where.append(col(c.c.priority) == f.priority)
+    if f.sla_due_before is not None:
+        where.append(col(c.c.sla_due_at).is_not(None))
+        where.append(col(c.c.sla_due_at) <= f.sla_due_before)
+        where.append(col(c.c.sla_state) == "running")
+    if f.sla_breached:
+        where.append(col(c.c.sla_state) == "breached")
     if f.label is not None:
         cl = t.conversation_labels
         where.append(exists().where(cl.c.conversation_id == c.c.id, cl.c.label == f.label))
@@ -158,6 +184,8 @@ def _index_for(f: ConversationFilter) -> str:
     SQLite's planner, without statistics, may pick an index that matches the filter but then sorts
     every match; naming the index keeps the list a range scan that stops at the page's end.
     """
+    if f.sla_due_before is not None:
+        return "ix_conversations_workspace_id_sla_due_at"
     if f.unassigned or f.assignee_id is not None:
         return "ix_conversations_workspace_id_assignee_id_last_activity_at_id"
     if f.team_id is not None:
@@ -366,7 +394,11 @@ class InboxQueries(StoreBase):
                 )
             if "team_id" in change.fields and change.team_id is not None:
                 await self._check_member(conn, t.teams, workspace_id, change.team_id, "team_id", "team")
-            for name in ("priority", "assignee_id", "team_id"):
+            if "sla_policy_id" in change.fields and change.sla_policy_id is not None:
+                await self._check_member(
+                    conn, t.sla_policies, workspace_id, change.sla_policy_id, "sla_policy_id", "SLA policy"
+                )
+            for name in ("priority", "assignee_id", "team_id", "sla_policy_id"):
                 if name in change.fields and getattr(change, name) != getattr(current, name):
                     values[name] = getattr(change, name)
             if "language" in change.fields:
@@ -388,6 +420,7 @@ class InboxQueries(StoreBase):
                     values["snoozed_until"] = change.snooze_until
             if status is not None and status != current.status:
                 values["status"] = status
+                values["status_changed_at"] = now
                 if status == ConversationStatus.RESOLVED.value:
                     values["resolved_at"] = now
                 else:
@@ -399,7 +432,9 @@ class InboxQueries(StoreBase):
                 values["updated_at"] = now
                 await conn.execute(update(c).where(c.c.id == conversation_id).values(**values))
                 changed = {
-                    k: v for k, v in values.items() if k not in ("updated_at", "resolved_at", "language_source")
+                    k: v
+                    for k, v in values.items()
+                    if k not in ("updated_at", "resolved_at", "language_source", "status_changed_at")
                 }
                 if "language_source" in values and "language" not in values:
                     changed["language"] = current.language
@@ -464,7 +499,9 @@ class InboxQueries(StoreBase):
             await conn.execute(
                 update(c)
                 .where(c.c.id.in_(ids))
-                .values(status=ConversationStatus.OPEN.value, snoozed_until=None, updated_at=now)
+                .values(
+                    status=ConversationStatus.OPEN.value, snoozed_until=None, updated_at=now, status_changed_at=now
+                )
             )
             await conn.execute(
                 insert(t.audit_events),
@@ -665,8 +702,11 @@ class InboxQueries(StoreBase):
                     updated_at=now,
                 )
             )
-            if conv.first_response_at is None and not automatic:
-                values["first_response_at"] = now
+            if not automatic:
+                # An agent's reply: answered (an automatic reply neither answers nor stops the SLA).
+                values["awaiting_since"] = None
+                if conv.first_response_at is None:
+                    values["first_response_at"] = now
             values |= {
                 "message_count": c.c.message_count + 1,
                 "last_message_preview": preview(text_body),

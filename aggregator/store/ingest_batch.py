@@ -135,6 +135,7 @@ class _Conversation:
     reopened: bool = False
     added: int = 0
     preview: str | None = None
+    awaiting: bool = False  # a customer's own message came (not automatic mail): it waits for an answer
 
 
 def ingest_batch(conn: Connection, items: Sequence[PreparedInbound], now: datetime) -> BatchOutcome:
@@ -449,6 +450,7 @@ def ingest_batch(conn: Connection, items: Sequence[PreparedInbound], now: dateti
                     "last_inbound_at": now,
                     "created_at": now,
                     "updated_at": now,
+                    "status_changed_at": now,
                     "message_count": 0,
                     "inbound_count": 0,
                     "last_message_direction": Direction.IN.value,
@@ -489,6 +491,8 @@ def ingest_batch(conn: Connection, items: Sequence[PreparedInbound], now: dateti
                 )
         conv.added += 1
         conv.preview = preview(msg.reply_text or msg.text)
+        if not (msg.flags.automatic or msg.flags.echo):
+            conv.awaiting = True
         candidates.add(Candidate(conversation_id, conversation_subjects.get(conversation_id, ""), now))
         account_of_conversation[conversation_id] = account
         for key in (*msg.thread.keys, *msg.thread.contact_keys, *msg.thread.own_keys):
@@ -627,7 +631,9 @@ def ingest_batch(conn: Connection, items: Sequence[PreparedInbound], now: dateti
     reopened = [{"b_id": conv.id} for conv in conversations.values() if conv.reopened]
     if reopened:
         conn.execute(
-            update(c).where(c.c.id == bindparam("b_id")).values(resolved_at=None, snoozed_until=None),
+            update(c)
+            .where(c.c.id == bindparam("b_id"))
+            .values(resolved_at=None, snoozed_until=None, status_changed_at=now),
             reopened,
         )
     if touched:
@@ -645,6 +651,15 @@ def ingest_batch(conn: Connection, items: Sequence[PreparedInbound], now: dateti
                 last_message_direction=Direction.IN.value,
             ),
             touched,
+        )
+    awaiting = [{"b_id": conv.id} for conv in conversations.values() if conv.awaiting]
+    if awaiting:
+        # The first unanswered customer message starts the response timers (aggregator/sla.py).
+        conn.execute(
+            update(c)
+            .where(c.c.id == bindparam("b_id"), c.c.awaiting_since.is_(None))
+            .values(awaiting_since=now),
+            awaiting,
         )
     if language_changes:
         # A strong detection sets the language unless an agent chose it; anything else only fills a gap.
