@@ -7,13 +7,15 @@ import tomllib
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+
+from aggregator.automation import ConfigRule
 
 DEFAULT_CONFIG_FILE = Path("aggregator.toml")
 
@@ -66,6 +68,9 @@ class Settings(BaseSettings):
     http: HttpSettings = HttpSettings()
     ingest: IngestSettings = IngestSettings()
     outbox: OutboxSettings = OutboxSettings()
+    # Automation rules loaded at start (replacing the config rules loaded before); read-only in the API.
+    rules: list[ConfigRule] = Field(default_factory=list)
+    _config_file: Path | None = PrivateAttr(None)
 
     @field_validator("redis_url", "database_url", "secret_key", mode="before")
     @classmethod
@@ -103,6 +108,11 @@ class Settings(BaseSettings):
     @property
     def attachments_dir(self) -> Path:
         return self.data_dir / "attachments"
+
+    @property
+    def config_file(self) -> Path | None:
+        """The file these settings were read from, if any."""
+        return self._config_file
 
 
 def _describe(exc: ValidationError, source: str) -> str:
@@ -145,4 +155,6 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
         loaded = _Loaded(**{key: value for key, value in overrides.items() if value is not None})
     except ValidationError as exc:
         raise ConfigError(_describe(exc, source)) from exc
-    return Settings.model_construct(**dict(loaded))
+    settings = Settings.model_construct(**dict(loaded))
+    settings._config_file = path
+    return settings

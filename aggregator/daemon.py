@@ -17,7 +17,7 @@ from aiohttp import web
 
 from aggregator.api.app import Drain, create_app
 from aggregator.attachments import AttachmentStore
-from aggregator.automation import RuleEngine
+from aggregator.automation import RuleEngine, load_config_rules
 from aggregator.autoreply import AutoReplier
 from aggregator.bus import Bus, BusUnavailable, create_bus
 from aggregator.channels import ChannelManager
@@ -161,6 +161,7 @@ class Daemon:
         await self.outbox.start()
         await self.auto_replies.start()
         # Rules first (they may choose the team, labels, priority), then routing, then SLA timers.
+        await load_config_rules(self.store, self.settings)
         self.rules = RuleEngine(
             self.store,
             self.workspace_settings,
