@@ -1,13 +1,159 @@
-"""Routing of new and reopened conversations: the team first, then an agent in it (SKELETON)."""
+"""Routing of new and reopened conversations: the team first, then an agent in it.
+
+The decisions are pure functions (`choose_team`, `choose_agent`) over facts read from SQL; the
+`RoutingEngine` reads the facts, decides, and writes the result with a conditional update.
+
+Team: a conversation already in a team (a rule, a person or routing put it there) keeps it, also when
+its language changes later (moving it is a person's or a rule's call). Otherwise a team
+takes it when its `channel_account_ids` hold the conversation's channel account (none listed: any
+account) and its `languages` hold the conversation's language (none listed: any language; a language
+team never takes a conversation whose language is unknown, which waits without a team until its
+language is known). Best: a team that names both the account and the language, then the account only,
+then the language only; ties by `position`, then name (ignoring case). A team that names neither
+accounts nor languages is no routing target (only rules and people give it conversations): teams made
+to group people, and those from before routing existed, do not take every conversation.
+
+Agent, among the team's members: online, speaks the language, and has fewer open conversations (open,
+pending or snoozed, assigned to them) than their capacity. Language tags match by base language (an
+agent with "de" speaks "de-AT", and one with "de-AT" speaks "de"). An agent with no languages listed
+speaks none: they take only conversations whose language is unknown, which anyone may take. Least
+loaded first; ties go to whoever was given a conversation longest ago (never: first), then by id, which
+makes equally loaded agents take turns.
+
+No agent fits: the conversation joins the team's queue (team set, unassigned), and is assigned as soon as
+someone fits: an agent comes online, resolves or hands back a conversation, or its language becomes
+known. A conversation with an assignee is never touched: manual assignment always wins. An agent who
+goes offline (not "away") keeps their conversations unless the workspace's `routing.reassign_offline`
+is set; then the unresolved ones routing gave them are taken back and routed again (pending and snoozed
+ones when they reopen). Only "online" agents get conversations.
+
+Catch-up: at start and every `SWEEP_SECONDS` the whole queue is routed again, so an event lost in a
+crash, a full pipeline or a change made by another process only delays a decision.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from datetime import datetime
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from functools import lru_cache
 
-from aggregator.model import Event, utcnow
+from aggregator.language import base_language
+from aggregator.model import ConversationStatus, Event, utcnow
 from aggregator.store import Store
+from aggregator.store.routing import ROUTING, QueueCursor, RoutedConversation, RoutingAgent, RoutingTeam
 from aggregator.workspace import SettingsCache
+
+log = logging.getLogger(__name__)
+
+SWEEP_SECONDS = 30.0
+ONLINE = "online"
+OFFLINE = "offline"
+_NEVER = datetime.min.replace(tzinfo=UTC)
+# Changes (by others than routing) that call for routing the conversation again.
+_REROUTE = frozenset({"language", "team_id", "status", "assignee_id"})
+# Changes that may have freed an agent's capacity: the queue is tried again.
+_FREED = frozenset({"status", "assignee_id"})
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationFacts:
+    """What choosing a team looks at."""
+
+    channel_account_id: str
+    language: str | None
+    team_id: str | None = None
+
+
+@lru_cache(maxsize=4096)
+def _bases(languages: tuple[str, ...]) -> frozenset[str]:
+    # Cached: the same few language lists are looked at for every agent in every decision.
+    return frozenset(b for b in (base_language(tag) for tag in languages) if b is not None)
+
+
+def choose_team(conversation: ConversationFacts, teams: Sequence[RoutingTeam]) -> RoutingTeam | None:
+    """The team a conversation goes to (see the module's docstring); None when no team takes it."""
+    if conversation.team_id is not None:
+        for team in teams:
+            if team.id == conversation.team_id:
+                return team
+    language = base_language(conversation.language)
+    best: tuple[int, int, str, str, RoutingTeam] | None = None
+    for team in teams:
+        if team.channel_account_ids:
+            if conversation.channel_account_id not in team.channel_account_ids:
+                continue
+            account = True
+        else:
+            account = False
+        if team.languages:
+            if language is None or language not in _bases(tuple(team.languages)):
+                continue
+            speaks = True
+        else:
+            speaks = False
+        if not account and not speaks:
+            continue  # names neither: only rules and people give it conversations
+        rank = (0 if speaks else 1) if account else 2
+        key = (rank, team.position, team.name.casefold(), team.id, team)
+        if best is None or key[:4] < best[:4]:
+            best = key
+    return None if best is None else best[4]
+
+
+def speaks(agent: RoutingAgent, language: str | None) -> bool:
+    """Whether the agent can take a conversation in that language (None: unknown, anyone can)."""
+    base = base_language(language)
+    return base is None or base in _bases(tuple(agent.languages))
+
+
+def choose_agent(language: str | None, agents: Sequence[RoutingAgent]) -> RoutingAgent | None:
+    """The agent who gets the conversation (see the module's docstring); None when nobody fits."""
+    base = base_language(language)
+    best: RoutingAgent | None = None
+    best_key: tuple[int, datetime, str] | None = None
+    for agent in agents:
+        if agent.availability != ONLINE or agent.open_count >= agent.capacity:
+            continue
+        if base is not None and base not in _bases(tuple(agent.languages)):
+            continue
+        key = (agent.open_count, agent.last_assigned_at or _NEVER, agent.id)
+        if best_key is None or key < best_key:
+            best, best_key = agent, key
+    return best
+
+
+class _Snapshot:
+    """One workspace's teams and agents while a batch of conversations is routed, kept current with
+    the batch's own assignments (the write re-checks each agent, so a stale one costs a retry only)."""
+
+    def __init__(self, store: Store, workspace_id: str, teams: list[RoutingTeam]) -> None:
+        self.store = store
+        self.workspace_id = workspace_id
+        self.teams = teams
+        self._agents: dict[str, list[RoutingAgent]] = {}
+
+    async def agents(self, team: RoutingTeam) -> list[RoutingAgent]:
+        known = self._agents.get(team.id)
+        if known is None:
+            known = self._agents[team.id] = await self.store.routing_agents(
+                self.workspace_id, team.member_ids
+            )
+        return known
+
+    def assigned(self, agent_id: str, now: datetime) -> None:
+        for agents in self._agents.values():
+            for index, agent in enumerate(agents):
+                if agent.id == agent_id:
+                    agents[index] = replace(agent, open_count=agent.open_count + 1, last_assigned_at=now)
+
+    def drop(self, agent_id: str) -> None:
+        """Routing thought the agent fitted, the write found otherwise: read them again next time."""
+        for team_id in [k for k, v in self._agents.items() if any(a.id == agent_id for a in v)]:
+            del self._agents[team_id]
 
 
 class RoutingEngine:
@@ -20,17 +166,163 @@ class RoutingEngine:
         *,
         clock: Callable[[], datetime] = utcnow,
         publish: Callable[[Event], Awaitable[None]] | None = None,
+        sweep_seconds: float = SWEEP_SECONDS,
     ) -> None:
         self.store = store
         self.settings = settings
         self.clock = clock
         self.publish = publish
+        self.sweep_seconds = sweep_seconds
+        self._stopping = asyncio.Event()
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        return None
+        """Route the queue (what arrived or changed while stopped), then sweep it periodically."""
+        self._stopping.clear()
+        try:
+            await self.sweep()
+        except Exception:
+            log.exception("routing the queue at start failed")
+        self._sweeper = asyncio.create_task(self._sweep_loop(), name="routing-sweep")
 
     async def stop(self) -> None:
-        return None
+        self._stopping.set()
+        if self._sweeper is not None:
+            await self._sweeper
+            self._sweeper = None
+
+    async def _sweep_loop(self) -> None:
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.sweep_seconds)
+            if self._stopping.is_set():
+                return
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("routing sweep failed")
+
+    async def sweep(self) -> int:
+        """Route every open unassigned conversation of every workspace; how many were assigned."""
+        assigned = 0
+        for workspace in await self.store.list_workspaces():
+            if (await self.settings.get(workspace.id)).routing.enabled:
+                assigned += await self.route_queue(workspace.id)
+        return assigned
+
+    async def route_queue(self, workspace_id: str, team_ids: Sequence[str] | None = None) -> int:
+        """Route the workspace's open unassigned conversations (of those teams only, when given)."""
+        assigned = 0
+        after: QueueCursor | None = None
+        snapshot = _Snapshot(self.store, workspace_id, await self.store.routing_teams(workspace_id))
+        while True:
+            page, after = await self.store.routing_queue(workspace_id, team_ids=team_ids, after=after)
+            for conversation in page:
+                if await self._route(snapshot, conversation):
+                    assigned += 1
+            if after is None or self._stopping.is_set():
+                return assigned
+
+    async def route(self, workspace_id: str, conversation_id: str) -> bool:
+        """Route one conversation; True when it was given to an agent."""
+        conversation = await self.store.routing_conversation(workspace_id, conversation_id)
+        if conversation is None or conversation.assignee_id is not None:
+            return False
+        if conversation.status != ConversationStatus.OPEN.value:
+            return False
+        snapshot = _Snapshot(self.store, workspace_id, await self.store.routing_teams(workspace_id))
+        return await self._route(snapshot, conversation)
+
+    async def _route(self, snapshot: _Snapshot, conversation: RoutedConversation) -> bool:
+        team = choose_team(
+            ConversationFacts(conversation.channel_account_id, conversation.language, conversation.team_id),
+            snapshot.teams,
+        )
+        if team is None:
+            return False
+        agent = choose_agent(conversation.language, await snapshot.agents(team))
+        if agent is None and conversation.team_id == team.id:
+            return False  # waits in its team's queue already
+        now = self.clock()
+        # The sweep and the event handler may both have counted this agent's load: the write checks
+        # it again, in the transaction that assigns.
+        changed = await self.store.route_conversation(
+            conversation.workspace_id, conversation.id, team.id, agent.id if agent else None, now
+        )
+        if agent is not None:
+            if "assignee_id" in changed:
+                snapshot.assigned(agent.id, now)
+            else:
+                snapshot.drop(agent.id)
+        if changed and self.publish is not None:
+            await self.publish(
+                Event(
+                    "conversation.updated",
+                    conversation.workspace_id,
+                    {"conversation_id": conversation.id, "changed": changed, "by": ROUTING},
+                    conversation.id,
+                )
+            )
+        return "assignee_id" in changed
 
     async def handle(self, event: Event) -> None:
-        return None
+        if event.type not in (
+            "conversation.created",
+            "conversation.reopened",
+            "conversation.updated",
+            "message.created",
+            "user.availability",
+        ):
+            return
+        if not (await self.settings.get(event.workspace_id)).routing.enabled:
+            return
+        if event.type == "user.availability":
+            await self._availability_changed(event)
+            return
+        conversation_id = event.conversation_id or event.data.get("conversation_id")
+        if not isinstance(conversation_id, str):
+            return
+        if event.type == "message.created":
+            # A customer's message may make the language known, which a queued conversation waited for.
+            if event.data.get("direction") == "in" and event.data.get("kind", "message") == "message":
+                await self.route(event.workspace_id, conversation_id)
+            return
+        if event.type == "conversation.updated":
+            if event.data.get("by") == ROUTING:
+                return
+            changed = set(event.data.get("changed") or ())
+            if "assignee_id" in changed:
+                await self.store.mark_assigned_by_person(event.workspace_id, conversation_id)
+            if changed & _REROUTE:
+                await self.route(event.workspace_id, conversation_id)
+            if changed & _FREED:
+                await self.route_queue(event.workspace_id)
+            return
+        await self.route(event.workspace_id, conversation_id)
+
+    async def _availability_changed(self, event: Event) -> None:
+        user_id = event.data.get("user_id")
+        if not isinstance(user_id, str):
+            return
+        state = await self.store.user_routing_state(event.workspace_id, user_id)
+        if state is None:
+            return
+        availability, team_ids = state
+        if availability == ONLINE:
+            if team_ids:
+                await self.route_queue(event.workspace_id, team_ids)
+        elif (
+            availability == OFFLINE and (await self.settings.get(event.workspace_id)).routing.reassign_offline
+        ):
+            taken = await self.store.unassign_routed(event.workspace_id, user_id, self.clock())
+            for conversation_id in taken:
+                if self.publish is not None:
+                    await self.publish(
+                        Event(
+                            "conversation.updated",
+                            event.workspace_id,
+                            {"conversation_id": conversation_id, "changed": ["assignee_id"], "by": ROUTING},
+                            conversation_id,
+                        )
+                    )
+                await self.route(event.workspace_id, conversation_id)

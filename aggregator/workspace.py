@@ -1,4 +1,4 @@
-"""A workspace's settings: its languages, time zone, business hours and automatic replies.
+"""A workspace's settings: its languages, time zone, business hours, automatic replies and routing.
 
 Stored as JSON in `workspaces.settings`, changed through `PATCH /api/v1/workspace`, read by ingest
 (language detection) and the automatic replies through `SettingsCache`, which re-reads them after a
@@ -63,6 +63,17 @@ class AutoReplies(_Settings):
     out_of_hours: OutOfHours = Field(default_factory=OutOfHours)
 
 
+class Routing(_Settings):
+    """How routing gives new and reopened conversations to a team and an agent (aggregator/routing.py)."""
+
+    enabled: bool = Field(True, description="route conversations to teams and agents")
+    reassign_offline: bool = Field(
+        False,
+        description="when an agent goes offline, route their unresolved conversations that routing gave "
+        "them to someone else (false: they keep them)",
+    )
+
+
 class WorkspaceSettings(_Settings):
     languages: list[str] = Field(
         default_factory=lambda: list(REQUIRED),
@@ -75,6 +86,7 @@ class WorkspaceSettings(_Settings):
         None, description="when the team works; out-of-hours replies need it (null: no calendar)"
     )
     auto_replies: AutoReplies = Field(default_factory=AutoReplies)
+    routing: Routing = Field(default_factory=Routing)
 
     @field_validator("languages")
     @classmethod

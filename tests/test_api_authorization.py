@@ -18,7 +18,8 @@ import pytest
 from aggregator.api.framework import Endpoint
 from aggregator.api.v1 import build_api
 from aggregator.daemon import Daemon
-from aggregator.model import InboundAttachment, Role, new_id
+from aggregator.hours import BusinessHours
+from aggregator.model import InboundAttachment, Role, new_id, utcnow
 from support.api import ApiClient, user_with_token
 from support.app import SECRET, add_channel, daemon_url, inbound, make_settings, running_daemon, sql
 
@@ -91,6 +92,17 @@ class World:
     async def template(self, side: Side) -> str:
         variants = [{"language": "en", "subject": None, "body": "Hello {{ contact.first_name }}"}]
         return (await self.daemon.store.create_template(side.workspace_id, f"t {new_id()}", variants)).id
+
+    async def calendar(self, side: Side) -> str:
+        return (await self.daemon.store.create_calendar(side.workspace_id, f"cal {new_id()}", BusinessHours())).id
+
+    async def rule(self, side: Side) -> str:
+        body = {"name": f"rule {new_id()}", "event": "conversation.created", "actions": [{"type": "resolve"}]}
+        return (await self.daemon.store.create_rule(side.workspace_id, body, utcnow())).id
+
+    async def sla_policy(self, side: Side) -> str:
+        values = {"name": f"sla {new_id()}", "first_response_seconds": 3600, "conditions": {}}
+        return (await self.daemon.store.create_sla_policy(side.workspace_id, values)).id
 
     async def token(self, side: Side) -> str:
         user_id = await self.user(side)
@@ -169,6 +181,13 @@ ROLES: dict[str, frozenset[Role] | None] = {
     **{f"{verb}_template": ADMIN for verb in ("create", "patch", "delete")},
     "get_workspace": STAFF,
     "patch_workspace": ADMIN,
+    "list_rules": ADMIN,
+    **{f"{verb}_rule": ADMIN for verb in ("get", "create", "patch", "delete")},
+    **{name: STAFF for name in ("list_calendars", "get_calendar")},
+    **{f"{verb}_calendar": ADMIN for verb in ("create", "patch", "delete")},
+    **{name: STAFF for name in ("list_sla_policies", "get_sla_policy")},
+    **{f"{verb}_sla_policy": ADMIN for verb in ("create", "patch", "delete")},
+    "put_my_availability": STAFF,
 }
 
 CASES: dict[str, Make] = {
@@ -220,6 +239,24 @@ CASES: dict[str, Make] = {
     "render_template": _render,
     "get_workspace": plain(),
     "patch_workspace": plain({"timezone": "Europe/Berlin"}),
+    "list_rules": plain(),
+    "get_rule": on("rule"),
+    "create_rule": plain(
+        lambda w, s: {"name": f"rule {new_id()}", "event": "conversation.created", "actions": [{"type": "resolve"}]}
+    ),
+    "patch_rule": on("rule", {"enabled": False}),
+    "delete_rule": on("rule"),
+    "list_calendars": plain(),
+    "get_calendar": on("calendar"),
+    "create_calendar": plain(lambda w, s: {"name": f"cal {new_id()}", "hours": {"timezone": "Europe/Budapest"}}),
+    "patch_calendar": on("calendar", unique("cal")),
+    "delete_calendar": on("calendar"),
+    "list_sla_policies": plain(),
+    "get_sla_policy": on("sla_policy"),
+    "create_sla_policy": plain(lambda w, s: {"name": f"sla {new_id()}", "first_response_minutes": 60}),
+    "patch_sla_policy": on("sla_policy", {"enabled": False}),
+    "delete_sla_policy": on("sla_policy"),
+    "put_my_availability": plain({"availability": "away"}),
 }
 
 

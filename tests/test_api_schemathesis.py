@@ -221,6 +221,21 @@ async def seed(daemon: Daemon, http: aiohttp.ClientSession) -> World:
         templates.append(created.body["id"])
     templates.append("wismo")
 
+    calendars = []
+    for name, as_client in (("Office hours", client), ("Far hours", outsider_client)):
+        hours = {"timezone": "Europe/Berlin", "holidays": {"country": "DE", "subdivision": "BY"}}
+        created = await as_client.post("/calendars", {"name": name, "hours": hours})
+        checked(created.status, 201, f"POST /calendars {name}")
+        calendars.append(created.body["id"])
+    sla_policies = []
+    for name, body, as_client in (
+        ("Amazon", {"first_response_minutes": 1440, "mode": "around_the_clock"}, client),
+        ("Far SLA", {"resolution_minutes": 600}, outsider_client),
+    ):
+        created = await as_client.post("/sla-policies", {"name": name, **body})
+        checked(created.status, 201, f"POST /sla-policies {name}")
+        sla_policies.append(created.body["id"])
+
     async def contact_of(conversation_id: str, as_client: ApiClient = client) -> str:
         answer = await as_client.get(f"/conversations/{conversation_id}")
         checked(answer.status, 200, f"GET /conversations/{conversation_id}")
@@ -272,6 +287,8 @@ async def seed(daemon: Daemon, http: aiohttp.ClientSession) -> World:
             ],
             "label": ["vip", "invoice", "none-such"],
             "template": templates,
+            "calendar": calendars,
+            "sla_policy": sla_policies,
             "words": ["parcel", "rechnung", "shop*", "4711", "nothing-matches-this"],
             "conversation_cursor": [
                 await cursor("/conversations", status="all"),
@@ -315,12 +332,20 @@ BINDINGS: dict[str, dict[str, str]] = {
         "body.assignee_id": "user",
         "body.team_id": "team",
         "body.labels[*]": "label",
+        "body.sla_policy_id": "sla_policy",
     },
     "list_messages": {"path.id": "conversation", "query.cursor": "message_cursor"},
     "post_message": {"path.id": "conversation", "body.template": "template"},
     "get_template": {"path.id": "template"},
     "patch_template": {"path.id": "template"},
     "delete_template": {"path.id": "template"},
+    "get_calendar": {"path.id": "calendar"},
+    "patch_calendar": {"path.id": "calendar"},
+    "delete_calendar": {"path.id": "calendar"},
+    "get_sla_policy": {"path.id": "sla_policy"},
+    "patch_sla_policy": {"path.id": "sla_policy", "body.calendar_id": "calendar"},
+    "delete_sla_policy": {"path.id": "sla_policy"},
+    "create_sla_policy": {"body.calendar_id": "calendar"},
     "render_template": {"path.id": "template", "body.conversation_id": "conversation"},
     "mark_read": {"path.id": "conversation"},
     "post_presence": {"path.id": "conversation"},

@@ -14,7 +14,7 @@ from aggregator.hours import BusinessHours
 from aggregator.store import NotFound
 from aggregator.store.replies import WorkspaceRecord
 from aggregator.templates import Variant, required_vars
-from aggregator.workspace import AutoReplies, WorkspaceSettings
+from aggregator.workspace import AutoReplies, Routing, WorkspaceSettings
 
 api = Api()
 
@@ -50,6 +50,7 @@ class WorkspacePatch(ApiModel):
         "removes them",
     )
     auto_replies: AutoReplies | None = Field(None, description="replaces the automatic-reply settings")
+    routing: Routing | None = Field(None, description="replaces the routing settings")
 
 
 @api.endpoint(
@@ -124,12 +125,12 @@ async def _check_templates(call: Call, auto: AutoReplies) -> None:
 async def patch_workspace(call: Call) -> web.StreamResponse:
     body = call.body_as(WorkspacePatch)
     given = body.model_fields_set
-    for name in ("default_language", "languages", "timezone", "auto_replies"):
+    for name in ("default_language", "languages", "timezone", "auto_replies", "routing"):
         if name in given and getattr(body, name) is None:
             raise ApiError(400, "invalid_field", f"{name}: cannot be null; leave it out to keep it", name)
     current = await call.store.get_workspace(call.workspace_id)
     merged: dict[str, Any] = WorkspaceSettings.load(current.settings).model_dump(mode="json")
-    for name in ("languages", "timezone", "hours", "auto_replies"):
+    for name in ("languages", "timezone", "hours", "auto_replies", "routing"):
         if name in given:
             value = getattr(body, name)
             merged[name] = value.model_dump(mode="json") if hasattr(value, "model_dump") else value
