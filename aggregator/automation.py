@@ -28,9 +28,10 @@ from aggregator.hours import BusinessHours
 from aggregator.language import base_language
 from aggregator.model import Event, utcnow
 from aggregator.replies import compose
+from aggregator.secrets import SecretKeyError
 from aggregator.store import Conflict, Invalid, NotFound, Store
 from aggregator.store.inbox import ConversationChange
-from aggregator.store.rules import ConversationFacts, RuleRecord
+from aggregator.store.rules import WEBHOOK_SECRET_STORED, ConversationFacts, RuleRecord
 from aggregator.templates import TemplateInvalid
 from aggregator.workspace import SettingsCache
 from channels.base import Registry
@@ -213,7 +214,10 @@ class WebhookAction(_Part):
     type: Literal["webhook"]
     url: Annotated[str, StringConstraints(max_length=2000, pattern=r"^https?://[^\s]+$")]
     secret: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = Field(
-        None, description=f"signs the body: {SIGNATURE_HEADER}: sha256=<HMAC-SHA256 hex>"
+        None,
+        description=f"signs the body: {SIGNATURE_HEADER}: sha256=<HMAC-SHA256 hex>. Write-only: stored "
+        "encrypted, answers show `secret_set` instead. A PATCH of `actions` that leaves it out keeps the "
+        "secret of the rule's webhook action with the same url; null removes it",
     )
 
 
@@ -332,6 +336,14 @@ async def load_config_rules(store: Store, settings: Settings) -> None:
 
 
 def _parse(record: RuleRecord) -> RuleDefinition | None:
+    """The stored rule validated; a webhook's encrypted secret is left out (it is decrypted when the
+    webhook is called: `RuleRecord.actions` at the same index has it)."""
+    actions = [
+        {key: value for key, value in action.items() if key != WEBHOOK_SECRET_STORED}
+        if isinstance(action, dict)
+        else action
+        for action in record.actions
+    ]
     try:
         return RuleDefinition.model_validate(
             {
@@ -341,7 +353,7 @@ def _parse(record: RuleRecord) -> RuleDefinition | None:
                 "event": record.event,
                 "event_options": record.event_options,
                 "conditions": record.conditions,
-                "actions": record.actions,
+                "actions": actions,
             }
         )
     except ValueError as exc:
@@ -516,10 +528,10 @@ class RuleEngine:
         next_chain = [*chain, record.id]
         changed: set[str] = set()
         results: list[dict[str, Any]] = []
-        for action in rule.actions:
+        for action, stored in zip(rule.actions, record.actions, strict=True):
             try:
                 outcome = await self._act(
-                    action, record, rule, event, kind, conversation_id, next_chain, changed
+                    action, stored, record, rule, event, kind, conversation_id, next_chain, changed
                 )
             except (Invalid, NotFound, TemplateInvalid, ValueError) as exc:
                 outcome = f"failed: {exc}"
@@ -619,6 +631,7 @@ class RuleEngine:
     async def _act(
         self,
         action: Any,
+        stored: dict[str, Any],
         record: RuleRecord,
         rule: RuleDefinition,
         event: Event,
@@ -634,9 +647,7 @@ class RuleEngine:
             case AssignAgentAction(user_id=ref):
                 user_id = await self.store.find_active_user_id(ws, ref)
                 change = ConversationChange(fields={"assignee_id"}, assignee_id=user_id)
-                outcome = await self._change(ws, conversation_id, change, actor, changed)
-                await self.store.mark_assigned_by_rule(conversation_id, user_id)
-                return outcome
+                return await self._change(ws, conversation_id, change, actor, changed)
             case AssignTeamAction(team_id=ref):
                 team_id = await self.store.find_team_id(ws, ref)
                 return await self._change(
@@ -694,7 +705,14 @@ class RuleEngine:
                 )
                 await self._message_event(ws, conversation_id, message_id, "note", chain)
                 return f"note {message_id}"
-            case WebhookAction(url=url, secret=secret):
+            case WebhookAction(url=url):
+                try:
+                    secret = self.store.webhook_secret(stored)
+                except SecretKeyError:
+                    return (
+                        f"failed: the secret of the webhook to {url} cannot be decrypted with this secret "
+                        "key: give the secret again or restore the key"
+                    )
                 facts = await self.store.conversation_facts(ws, conversation_id)
                 body = {
                     "rule": {"id": record.id, "name": record.name},

@@ -403,6 +403,7 @@ class SlaEngine:
                     "metric": timer.metric,
                     "due_at": timer.due_at.isoformat() if timer.due_at is not None else None,
                     "policy_id": timer.policy_id,
+                    "late": timer.late,
                 },
                 timer.conversation_id,
             )

@@ -408,12 +408,15 @@ class Hook:
 
     received: list[tuple[dict[str, Any], str | None]] = field(default_factory=list)
     status: int = 200
+    # Per request: whether it was signed with "hook-secret".
+    signed: list[bool] = field(default_factory=list)
 
     async def handle(self, request: web.Request) -> web.Response:
         raw = await request.read()
         self.received.append((json.loads(raw), request.headers.get("X-Aggregator-Signature")))
         expected = "sha256=" + hmac.new(b"hook-secret", raw, hashlib.sha256).hexdigest()
         self.valid = request.headers.get("X-Aggregator-Signature") == expected
+        self.signed.append(self.valid)
         return web.json_response({}, status=self.status)
 
 
@@ -466,6 +469,159 @@ async def test_webhook_signed_and_failures_in_the_audit_trail(site: Site, hook: 
     (fired,) = await site.firings(third)
     assert fired["actions"][0]["result"].startswith("failed:")
     assert await site.labels(third) == {"after"}
+
+
+async def _stored_actions(daemon: Daemon, rule_id: str) -> str:
+    """The rules row's actions as the database holds them (JSON text)."""
+    (row,) = await sql(daemon.store, "SELECT actions FROM rules WHERE id = :id", id=rule_id)
+    return row.actions if isinstance(row.actions, str) else json.dumps(row.actions)
+
+
+def _database_bytes(daemon: Daemon) -> bytes:
+    """The database file and its journal, as they are on disk."""
+    data_dir = daemon.settings.data_dir
+    return b"".join(path.read_bytes() for path in sorted(data_dir.glob("aggregator.db*")))
+
+
+async def test_webhook_secret_is_write_only_and_stored_encrypted(site: Site, hook: tuple[Hook, str]) -> None:
+    receiver, url = hook
+    rule = await site.rule(
+        event="message.received", actions=[{"type": "webhook", "url": url, "secret": "hook-secret"}]
+    )
+    assert rule["actions"] == [{"type": "webhook", "url": url, "secret_set": True}]
+    answers = [
+        rule,
+        (await site.admin.get(f"/rules/{rule['id']}")).body,
+        (await site.admin.get("/rules")).body,
+    ]
+    for answer in answers:
+        assert "hook-secret" not in json.dumps(answer) and '"secret"' not in json.dumps(answer)
+    stored = await _stored_actions(site.daemon, rule["id"])
+    assert "hook-secret" not in stored and "secret_encrypted" in stored
+    assert b"hook-secret" not in _database_bytes(site.daemon)
+    await site.message("hello there")
+    assert receiver.signed == [True]
+
+    # A PATCH of the actions that leaves the secret out keeps it (same url).
+    kept = await site.admin.patch(
+        f"/rules/{rule['id']}",
+        {"actions": [{"type": "add_label", "label": "hooked"}, {"type": "webhook", "url": url}]},
+    )
+    assert kept.status == 200, kept.body
+    assert kept.body["actions"][1] == {"type": "webhook", "url": url, "secret_set": True}
+    assert "hook-secret" not in await _stored_actions(site.daemon, rule["id"])
+    await site.message("hello again", sender="other")
+    assert receiver.signed == [True, True]
+
+    # What an answer shows is not a body: secret_set is refused, naming it.
+    echoed = await site.admin.patch(f"/rules/{rule['id']}", {"actions": kept.body["actions"]})
+    assert (echoed.status, echoed.error_code) == (400, "unknown_field")
+    assert echoed.body["error"]["field"] == "actions.1.webhook.secret_set"
+
+    # Another url does not inherit the secret; null removes it; a new rule without one has none.
+    moved = await site.admin.patch(
+        f"/rules/{rule['id']}", {"actions": [{"type": "webhook", "url": url + "?moved"}]}
+    )
+    assert moved.body["actions"] == [{"type": "webhook", "url": url + "?moved", "secret_set": False}]
+    await site.admin.patch(
+        f"/rules/{rule['id']}", {"actions": [{"type": "webhook", "url": url, "secret": "hook-secret"}]}
+    )
+    removed = await site.admin.patch(
+        f"/rules/{rule['id']}", {"actions": [{"type": "webhook", "url": url, "secret": None}]}
+    )
+    assert removed.body["actions"] == [{"type": "webhook", "url": url, "secret_set": False}]
+    await site.message("unsigned now", sender="third")
+    assert receiver.received[-1][1] is None
+    bare = await site.rule(event="conversation.created", actions=[{"type": "webhook", "url": url}])
+    assert bare["actions"] == [{"type": "webhook", "url": url, "secret_set": False}]
+    assert "secret" not in await _stored_actions(site.daemon, bare["id"])
+
+
+async def test_a_plain_secret_stored_before_encryption_still_signs(
+    site: Site, hook: tuple[Hook, str]
+) -> None:
+    receiver, url = hook
+    rule = await site.rule(event="message.received", actions=[{"type": "webhook", "url": url}])
+    legacy = json.dumps([{"type": "webhook", "url": url, "secret": "hook-secret"}])
+    await sql_write(
+        site.daemon.store, "UPDATE rules SET actions = :a WHERE id = :id", a=legacy, id=rule["id"]
+    )
+    shown = (await site.admin.get(f"/rules/{rule['id']}")).body
+    assert shown["actions"] == [{"type": "webhook", "url": url, "secret_set": True}]
+    await site.message("hello")
+    assert receiver.signed == [True]
+    # A PATCH that leaves it out keeps it, encrypted from then on.
+    await site.admin.patch(
+        f"/rules/{rule['id']}",
+        {"actions": [{"type": "webhook", "url": url}, {"type": "add_label", "label": "x"}]},
+    )
+    stored = await _stored_actions(site.daemon, rule["id"])
+    assert "hook-secret" not in stored and "secret_encrypted" in stored
+    await site.message("hello again", sender="other")
+    assert receiver.signed == [True, True]
+
+
+async def test_webhook_secrets_sign_after_a_restart(
+    tmp_path: Path, http_session: aiohttp.ClientSession, hook: tuple[Hook, str]
+) -> None:
+    receiver, url = hook
+    settings = make_settings(
+        tmp_path,
+        rules=[
+            {
+                "name": "from config",
+                "event": "message.received",
+                "actions": [{"type": "webhook", "url": url, "secret": "hook-secret"}],
+            }
+        ],
+    )
+
+    async def message(daemon: Daemon, channel: str) -> None:
+        await daemon.ingestor(inbound(channel, new_id(), sender=new_id()[-10:], text_body="hi"))
+        assert daemon.engine is not None
+        for _ in range(3):
+            await daemon.ingestor._events.join()
+            await daemon.engine.idle()
+
+    daemon = Daemon(settings)
+    await daemon.start()
+    try:
+        assert daemon.bootstrap is not None
+        ws = daemon.bootstrap.workspace.id
+        channel = await add_channel(daemon.store, ws, {"secret": SECRET}, name="shop")
+        _, token = await user_with_token(daemon.store, ws, Role.ADMIN)
+        admin = ApiClient(http_session, daemon_url(daemon), token)
+        created = await admin.post(
+            "/rules",
+            {
+                "name": "from api",
+                "event": "message.received",
+                "actions": [{"type": "webhook", "url": url, "secret": "hook-secret"}],
+            },
+        )
+        assert created.status == 201, created.body
+        listed = (await admin.get("/rules")).body["items"]
+        assert [(r["source"], r["actions"][0]["secret_set"]) for r in listed] == [
+            ("api", True),
+            ("config", True),
+        ]
+        assert "hook-secret" not in json.dumps(listed)
+        for rule in listed:
+            assert "hook-secret" not in await _stored_actions(daemon, rule["id"])
+        await message(daemon, channel)
+        assert sorted(body["rule"]["name"] for body, _ in receiver.received) == ["from api", "from config"]
+        assert receiver.signed == [True, True]
+    finally:
+        await daemon.stop()
+
+    daemon = Daemon(settings)
+    await daemon.start()
+    try:
+        await message(daemon, channel)
+        assert len(receiver.received) == 4 and receiver.signed == [True] * 4
+        assert b"hook-secret" not in _database_bytes(daemon)
+    finally:
+        await daemon.stop()
 
 
 async def test_notify_users_and_the_team_lead(site: Site) -> None:

@@ -308,6 +308,7 @@ async def test_warning_then_breach_each_fire_once(site: Site) -> None:
     fired = [e for e in received if e.type.startswith("sla.")]
     assert [e.type for e in fired] == ["sla.warning", "sla.breached"]
     assert fired[1].data["metric"] == "first_response"
+    assert [e.data["late"] for e in fired] == [False, False]
     assert fired[1].conversation_id == conversation_id
     conversation = await site.conversation(conversation_id)
     assert conversation["sla"]["state"] == "breached"

@@ -21,11 +21,12 @@ from aggregator.automation import (
     ReplyTemplateAction,
     RuleEventName,
     SetSlaPolicyAction,
+    WebhookAction,
     check_event_options,
 )
 from aggregator.model import utcnow
 from aggregator.store import Invalid, NotFound
-from aggregator.store.rules import RuleRecord
+from aggregator.store.rules import WEBHOOK_SECRET_STORED, RuleRecord, webhook_secret_set, without_secret
 
 api = Api()
 
@@ -44,7 +45,9 @@ class RuleOut(OutModel):
     event: str
     event_options: dict[str, Any]
     conditions: list[dict[str, Any]]
-    actions: list[dict[str, Any]]
+    actions: list[dict[str, Any]] = Field(
+        description="a webhook action's secret is never returned: `secret_set` says whether it has one"
+    )
     source: str = Field(description="`api`, or `config` (from the config file: read-only here)")
     created_at: datetime
     updated_at: datetime
@@ -59,11 +62,17 @@ class RuleOut(OutModel):
             event=record.event,
             event_options=record.event_options,
             conditions=record.conditions,
-            actions=record.actions,
+            actions=[_shown(action) for action in record.actions],
             source=record.source,
             created_at=record.created_at,
             updated_at=record.updated_at,
         )
+
+
+def _shown(action: dict[str, Any]) -> dict[str, Any]:
+    if action.get("type") != "webhook":
+        return action
+    return {**without_secret(action), "secret_set": webhook_secret_set(action)}
 
 
 class RuleList(OutModel):
@@ -202,6 +211,9 @@ async def _editable(call: Call) -> RuleRecord:
     body=RulePatch,
     response=RuleOut,
     errors=(409,),
+    description="`actions` replaces them all. A webhook action's secret is write-only: one that leaves "
+    "`secret` out keeps the secret of the rule's webhook action with the same url, `secret` null "
+    "removes it; `secret_set` (what answers show) is not accepted in a body.",
 )
 async def patch_rule(call: Call) -> web.StreamResponse:
     body = call.body_as(RulePatch)
@@ -212,8 +224,31 @@ async def patch_rule(call: Call) -> web.StreamResponse:
         options = values.get("event_options", current.event_options if "event" not in values else {})
         values["event_options"] = _options(event, options)
     await _check_references(call, body.conditions, body.actions)
+    if body.actions is not None:
+        values["actions"] = _keep_secrets(body.actions, values["actions"], current.actions)
     record = await call.store.update_rule(call.workspace_id, current.id, values, utcnow())
     return json_response(RuleOut.from_record(record))
+
+
+def _keep_secrets(
+    actions: list[Any], values: list[dict[str, Any]], current: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """A webhook action that leaves `secret` out keeps the (stored, encrypted) secret of the current
+    rule's first webhook action with the same url; null removes it."""
+    stored_by_url: dict[str, dict[str, Any]] = {}
+    for action in current:
+        if action.get("type") == "webhook" and isinstance(action.get("url"), str):
+            stored_by_url.setdefault(action["url"], action)
+    kept: list[dict[str, Any]] = []
+    for model, value in zip(actions, values, strict=True):
+        stored = stored_by_url.get(model.url) if isinstance(model, WebhookAction) else None
+        if stored is not None and "secret" not in model.model_fields_set:
+            value = {key: item for key, item in value.items() if key != "secret"}
+            for key in (WEBHOOK_SECRET_STORED, "secret"):  # "secret": a row from before encryption
+                if stored.get(key):
+                    value[key] = stored[key]
+        kept.append(value)
+    return kept
 
 
 @api.endpoint(

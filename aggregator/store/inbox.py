@@ -46,6 +46,10 @@ from aggregator.store.ingest_batch import SEARCH_INSERT, preview
 # so a common word costs a bounded amount per page (a page may then hold fewer than `limit` items).
 SEARCH_CHUNK = 500
 SEARCH_CHUNKS_PER_PAGE = 20
+# Columns update_conversation writes but does not report as changed.
+_NOT_REPORTED = frozenset(
+    {"updated_at", "resolved_at", "language_source", "status_changed_at", "assigned_by"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -401,6 +405,10 @@ class InboxQueries(StoreBase):
             for name in ("priority", "assignee_id", "team_id", "sla_policy_id"):
                 if name in change.fields and getattr(change, name) != getattr(current, name):
                     values[name] = getattr(change, name)
+            if "assignee_id" in values:
+                # Who assigned, in the same write: routing takes back only what routing gave.
+                by = "rule" if actor.startswith("rule:") else "manual"
+                values["assigned_by"] = None if values["assignee_id"] is None else by
             if "language" in change.fields:
                 if change.language is not None and (
                     change.language != current.language or current.language_source != "agent"
@@ -431,11 +439,7 @@ class InboxQueries(StoreBase):
             if values:
                 values["updated_at"] = now
                 await conn.execute(update(c).where(c.c.id == conversation_id).values(**values))
-                changed = {
-                    k: v
-                    for k, v in values.items()
-                    if k not in ("updated_at", "resolved_at", "language_source", "status_changed_at")
-                }
+                changed = {k: v for k, v in values.items() if k not in _NOT_REPORTED}
                 if "language_source" in values and "language" not in values:
                     changed["language"] = current.language
             if change.labels is not None:

@@ -12,8 +12,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from aggregator.model import new_id
+from aggregator.secrets import SecretBox
 from aggregator.store import schema as t
 from aggregator.store.base import Conflict, Invalid, NotFound, StoreBase
+
+# A webhook action's secret is stored encrypted (the channel secrets' SecretBox) under this key, never
+# as `secret`; rows written before that may still hold a plain `secret`, which is read as well.
+WEBHOOK_SECRET_STORED = "secret_encrypted"
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +146,7 @@ class RuleQueries(StoreBase):
                     insert(t.rules).values(
                         id=rule_id,
                         workspace_id=workspace_id,
-                        **_columns(definition),
+                        **_columns(definition, self.secret_box),
                         source=source,
                         created_at=now,
                         updated_at=now,
@@ -160,11 +165,22 @@ class RuleQueries(StoreBase):
                 current = await self._get_rule(conn, workspace_id, rule_id)
                 if values:
                     await conn.execute(
-                        update(r).where(r.c.id == current.id).values(**_columns(values), updated_at=now)
+                        update(r)
+                        .where(r.c.id == current.id)
+                        .values(**_columns(values, self.secret_box), updated_at=now)
                     )
                 return await self._get_rule(conn, workspace_id, current.id)
         except IntegrityError as exc:
             raise Conflict(f"another rule of this workspace is named {values.get('name')!r}") from exc
+
+    def webhook_secret(self, action: dict[str, Any]) -> str | None:
+        """The plain secret of a stored webhook action (None: it has none); SecretKeyError when the
+        key cannot decrypt it."""
+        sealed = action.get(WEBHOOK_SECRET_STORED)
+        if isinstance(sealed, str) and sealed:
+            return self.secret_box.decrypt(sealed.encode("ascii"))["secret"]
+        plain = action.get("secret")
+        return plain if isinstance(plain, str) and plain else None
 
     async def delete_rule(self, workspace_id: str, rule_id: str) -> None:
         async with self.write() as conn:
@@ -197,7 +213,7 @@ class RuleQueries(StoreBase):
                         insert(r).values(
                             id=new_id(),
                             workspace_id=workspace_id,
-                            **_columns(definition),
+                            **_columns(definition, self.secret_box),
                             source="config",
                             created_at=now,
                             updated_at=now,
@@ -205,7 +221,9 @@ class RuleQueries(StoreBase):
                     )
                 else:
                     await conn.execute(
-                        update(r).where(r.c.id == row.id).values(**_columns(definition), updated_at=now)
+                        update(r)
+                        .where(r.c.id == row.id)
+                        .values(**_columns(definition, self.secret_box), updated_at=now)
                     )
             gone = [row.id for row in rows if row.source == "config" and row.name not in wanted]
             if gone:
@@ -445,15 +463,6 @@ class RuleQueries(StoreBase):
         if found is None:
             raise Invalid("policy_id", f"no SLA policy with id {policy_id!r} in this workspace")
 
-    async def mark_assigned_by_rule(self, conversation_id: str, user_id: str) -> None:
-        c = t.conversations
-        async with self.write() as conn:
-            await conn.execute(
-                update(c)
-                .where(c.c.id == conversation_id, c.c.assignee_id == user_id)
-                .values(assigned_by="rule")
-            )
-
     async def set_sla_policy(
         self, workspace_id: str, conversation_id: str, policy_id: str, actor: str, now: datetime
     ) -> bool:
@@ -544,9 +553,32 @@ class RuleQueries(StoreBase):
             return [row.id for row in rows]
 
 
-def _columns(definition: dict[str, Any]) -> dict[str, Any]:
+def _columns(definition: dict[str, Any], box: SecretBox) -> dict[str, Any]:
     names = ("name", "position", "enabled", "event", "event_options", "conditions", "actions")
     values = {name: definition[name] for name in names if name in definition}
     if "enabled" in values:
         values["enabled"] = 1 if values["enabled"] else 0
+    if "actions" in values:
+        values["actions"] = [_sealed(action, box) for action in values["actions"]]
     return values
+
+
+def _sealed(action: dict[str, Any], box: SecretBox) -> dict[str, Any]:
+    """The action as stored: a webhook's plain `secret` encrypted (an encrypted one kept as it is)."""
+    if action.get("type") != "webhook" or "secret" not in action:
+        return action
+    stored = {key: value for key, value in action.items() if key != "secret"}
+    secret = action["secret"]
+    if isinstance(secret, str):
+        stored[WEBHOOK_SECRET_STORED] = box.encrypt({"secret": secret}).decode("ascii")
+    return stored
+
+
+def webhook_secret_set(action: dict[str, Any]) -> bool:
+    """Whether a stored webhook action has a secret (encrypted, or plain from before encryption)."""
+    return bool(action.get(WEBHOOK_SECRET_STORED) or action.get("secret"))
+
+
+def without_secret(action: dict[str, Any]) -> dict[str, Any]:
+    """A stored action without its secret in any form."""
+    return {key: value for key, value in action.items() if key not in ("secret", WEBHOOK_SECRET_STORED)}
