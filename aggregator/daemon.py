@@ -15,6 +15,7 @@ from datetime import datetime
 import aiohttp
 from aiohttp import web
 
+from aggregator.api.admin import tell_listeners
 from aggregator.api.app import Drain, create_app
 from aggregator.attachments import AttachmentStore
 from aggregator.automation import RuleEngine, load_config_rules
@@ -127,7 +128,9 @@ class Daemon:
         self.outbox: OutboxWorker | None = None
         self.engine: ConversationEngine | None = None
         self.rules: RuleEngine | None = None
-        self.routing = RoutingEngine(self.store, self.workspace_settings, clock=clock, publish=self._publish)
+        self.routing = RoutingEngine(
+            self.store, self.workspace_settings, clock=clock, publish=self._publish, tell=self._tell
+        )
         self.sla = SlaEngine(self.store, self.workspace_settings, clock=clock, publish=self._publish)
         self.port: int | None = None
 
@@ -209,6 +212,10 @@ class Daemon:
             await self.bus.publish(event)
         except BusUnavailable as exc:
             log.debug("%s not published: %s", event.type, exc)
+
+    def _tell(self, event: Event) -> None:
+        # Only this process's reactions (rules, routing, SLA): no live stream event.
+        tell_listeners(self.bus, event)
 
     async def _enqueue_outbox(self, outbox_id: str) -> None:
         # Before the outbox runs (or after it stopped) the row waits in SQL for its sweep.

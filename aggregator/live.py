@@ -21,6 +21,8 @@ from aggregator.model import Event
 log = logging.getLogger(__name__)
 
 PRESENCE_STATES = ("viewing", "typing", "left")
+# How often a user's open live stream renews the lease of the `online` it set (see api/stream.py).
+PRESENCE_REFRESH = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +132,7 @@ class LiveHub:
         send_timeout: float = 30.0,
         presence_ttl: float = 30.0,
         ready_timeout: float = 5.0,
+        presence_refresh: float = PRESENCE_REFRESH,
     ) -> None:
         self.bus = bus
         self.client_buffer = client_buffer
@@ -137,6 +140,8 @@ class LiveHub:
         self.send_timeout = send_timeout
         self.presence_ttl = presence_ttl
         self.ready_timeout = ready_timeout
+        # Seconds between renewals of a streaming user's availability lease.
+        self.presence_refresh = presence_refresh
         self._feeds: dict[str, _Feed] = {}
         self._closed = False
 

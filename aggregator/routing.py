@@ -29,6 +29,12 @@ ones when they reopen). Only "online" agents get conversations.
 
 Catch-up: at start and every `SWEEP_SECONDS` the whole queue is routed again, so an event lost in a
 crash, a full pipeline or a change made by another process only delays a decision.
+
+Presence lease: the same sweep (whether routing is enabled or not) sets offline every agent the live
+stream made online whose lease was not renewed for `PRESENCE_LEASE` seconds: the process serving
+their stream died (several processes may share the database, so none can reset all at start). Their
+`user.availability` event goes to this process's reactions as an API change does, so
+`reassign_offline` applies. An online a person set never expires.
 """
 
 from __future__ import annotations
@@ -38,10 +44,11 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 
 from aggregator.language import base_language
+from aggregator.live import PRESENCE_REFRESH
 from aggregator.model import ConversationStatus, Event, utcnow
 from aggregator.store import Store
 from aggregator.store.routing import ROUTING, QueueCursor, RoutedConversation, RoutingAgent, RoutingTeam
@@ -50,6 +57,9 @@ from aggregator.workspace import SettingsCache
 log = logging.getLogger(__name__)
 
 SWEEP_SECONDS = 30.0
+# An online the live stream set expires when not renewed for this long (it renews every
+# PRESENCE_REFRESH seconds while the stream is open): three renewals missed.
+PRESENCE_LEASE = 3 * PRESENCE_REFRESH
 ONLINE = "online"
 OFFLINE = "offline"
 _NEVER = datetime.min.replace(tzinfo=UTC)
@@ -166,13 +176,19 @@ class RoutingEngine:
         *,
         clock: Callable[[], datetime] = utcnow,
         publish: Callable[[Event], Awaitable[None]] | None = None,
+        tell: Callable[[Event], None] | None = None,
         sweep_seconds: float = SWEEP_SECONDS,
+        presence_lease: float = PRESENCE_LEASE,
     ) -> None:
         self.store = store
         self.settings = settings
         self.clock = clock
         self.publish = publish
+        # Hands an event to this process's own reactions only (bus listeners), as the API does with
+        # availability changes, which are no live stream events.
+        self.tell = tell
         self.sweep_seconds = sweep_seconds
+        self.presence_lease = presence_lease
         self._stopping = asyncio.Event()
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -203,12 +219,32 @@ class RoutingEngine:
                 log.exception("routing sweep failed")
 
     async def sweep(self) -> int:
-        """Route every open unassigned conversation of every workspace; how many were assigned."""
+        """Expire stale presence leases, then route every open unassigned conversation of every
+        workspace; how many were assigned."""
+        try:
+            await self.expire_presence()
+        except Exception:
+            log.exception("expiring presence leases failed")
         assigned = 0
         for workspace in await self.store.list_workspaces():
             if (await self.settings.get(workspace.id)).routing.enabled:
                 assigned += await self.route_queue(workspace.id)
         return assigned
+
+    async def expire_presence(self) -> list[tuple[str, str]]:
+        """Set offline the users whose stream-set online was not renewed for `presence_lease` seconds,
+        and tell this process's reactions; (workspace id, user id) of each.
+
+        On the wall clock, not `self.clock`: the API and the live stream write availability_at with it.
+        """
+        now = utcnow()
+        expired = await self.store.expire_presence(now - timedelta(seconds=self.presence_lease), now=now)
+        for workspace_id, user_id in expired:
+            log.info("user %s (workspace %s) is offline: their stream's lease ran out", user_id, workspace_id)
+            if self.tell is not None:
+                data = {"user_id": user_id, "availability": OFFLINE, "previous": ONLINE}
+                self.tell(Event("user.availability", workspace_id, data))
+        return expired
 
     async def route_queue(self, workspace_id: str, team_ids: Sequence[str] | None = None) -> int:
         """Route the workspace's open unassigned conversations (of those teams only, when given)."""
@@ -291,8 +327,6 @@ class RoutingEngine:
             if event.data.get("by") == ROUTING:
                 return
             changed = set(event.data.get("changed") or ())
-            if "assignee_id" in changed:
-                await self.store.mark_assigned_by_person(event.workspace_id, conversation_id)
             if changed & _REROUTE:
                 await self.route(event.workspace_id, conversation_id)
             if changed & _FREED:

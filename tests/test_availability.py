@@ -1,21 +1,26 @@
-"""Agents' availability on a real daemon: set through the API, by the live stream's presence, and heard
-by the daemon's own reactions (bus listeners) as `user.availability` events."""
+"""Agents' availability on a real daemon: set through the API, by the live stream's presence (a lease
+that runs out when the process serving the stream dies), and heard by the daemon's own reactions (bus
+listeners) as `user.availability` events."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import aiohttp
 import pytest
 
-from aggregator.api.stream import open_streams
+from aggregator.api.stream import open_streams, presence_lease
 from aggregator.daemon import Daemon
 from aggregator.model import Event, Role, utcnow
+from aggregator.routing import PRESENCE_LEASE
 from aggregator.store import Invalid, NotFound
+from aggregator.store.admin import BY_PERSON, BY_STREAM
 from support.api import ApiClient, Reply, user_with_token
-from support.app import daemon_url, wait_until
+from support.app import daemon_url, sql_write, wait_until
 from support.stream import open_sse, open_ws
 
 pytestmark = pytest.mark.timeout(60)
@@ -164,14 +169,49 @@ async def test_admins_set_anyones_availability_with_patch(floor: Floor) -> None:
 async def test_store_set_availability(floor: Floor) -> None:
     store, ws = floor.daemon.store, floor.workspace_id
     now = utcnow()
-    assert await store.set_availability(ws, floor.agent_id, "away", now) is True
-    assert await store.set_availability(ws, floor.agent_id, "away", now) is False
-    assert await store.set_availability(ws, floor.agent_id, "offline", now, only_from=("online",)) is False
-    assert (await store.get_user(ws, floor.agent_id)).availability_at == now
+    assert await store.set_availability(ws, floor.agent_id, "away", now, by=BY_PERSON) is True
+    assert await store.set_availability(ws, floor.agent_id, "away", now, by=BY_PERSON) is False
+    assert (
+        await store.set_availability(ws, floor.agent_id, "offline", now, by=BY_STREAM, only_from=("online",))
+        is False
+    )
+    user = await store.get_user(ws, floor.agent_id)
+    assert (user.availability_at, user.availability_by) == (now, BY_PERSON)
     with pytest.raises(Invalid, match="'busy' is not one of online, away, offline"):
-        await store.set_availability(ws, floor.agent_id, "busy", now)
+        await store.set_availability(ws, floor.agent_id, "busy", now, by=BY_PERSON)
+    with pytest.raises(Invalid, match="'robot' is not one of stream, person"):
+        await store.set_availability(ws, floor.agent_id, "online", now, by="robot")
     with pytest.raises(NotFound):
-        await store.set_availability(ws, "no-such-user", "online", now)
+        await store.set_availability(ws, "no-such-user", "online", now, by=BY_PERSON)
+
+
+async def test_store_presence_lease(floor: Floor) -> None:
+    store, ws = floor.daemon.store, floor.workspace_id
+    old = utcnow() - timedelta(hours=1)
+    assert await store.set_availability(ws, floor.agent_id, "online", old, by=BY_STREAM)
+    assert await store.set_availability(ws, floor.admin_id, "online", old, by=BY_PERSON)
+    # Renewing touches the stream's online only.
+    renewed = old + timedelta(minutes=30)
+    assert await store.refresh_presence(ws, floor.agent_id, renewed) is True
+    assert await store.refresh_presence(ws, floor.admin_id, renewed) is False
+    assert await store.refresh_presence(ws, floor.seller_id, renewed) is False  # offline
+    assert (await store.get_user(ws, floor.agent_id)).availability_at == renewed
+    assert (await store.get_user(ws, floor.admin_id)).availability_at == old
+
+    assert await store.expire_presence(renewed) == []  # not renewed before `renewed`: kept
+    now = utcnow()
+    assert await store.expire_presence(renewed + timedelta(seconds=1), now=now) == [(ws, floor.agent_id)]
+    agent = await store.get_user(ws, floor.agent_id)
+    assert (agent.availability, agent.availability_at, agent.availability_by) == ("offline", now, BY_STREAM)
+    assert await store.expire_presence(utcnow() + timedelta(days=1)) == []  # the person's never expires
+    assert await floor.availability(floor.admin_id) == "online"
+
+    # A person confirming the online the stream set takes it over: it no longer expires.
+    assert await store.set_availability(ws, floor.agent_id, "online", old, by=BY_STREAM)
+    assert await store.set_availability(ws, floor.agent_id, "online", now, by=BY_PERSON) is False
+    agent = await store.get_user(ws, floor.agent_id)
+    assert (agent.availability_at, agent.availability_by) == (old, BY_PERSON)
+    assert await store.expire_presence(utcnow()) == []
 
 
 async def closed_streams(floor: Floor, user_id: str) -> None:
@@ -243,3 +283,166 @@ async def test_sellers_streams_leave_availability_alone(floor: Floor) -> None:
         assert open_streams(floor.daemon.live, floor.workspace_id, floor.seller_id) == 0
     assert await floor.availability(floor.seller_id) == "offline"
     assert floor.availability_events() == []
+
+
+async def age_presence(floor: Floor, user_id: str, seconds: float) -> None:
+    """Date the user's availability back, as a killed process leaves it: never renewed again."""
+    await sql_write(
+        floor.daemon.store,
+        "UPDATE users SET availability_at = :at WHERE id = :id",
+        at=(utcnow() - timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        id=user_id,
+    )
+
+
+async def test_a_dead_processs_stream_online_expires_at_the_sweep(floor: Floor) -> None:
+    # What a killed process leaves: the agent online by its stream, the lease renewed no more.
+    store, ws = floor.daemon.store, floor.workspace_id
+    assert await store.set_availability(ws, floor.agent_id, "online", utcnow(), by=BY_STREAM)
+    await age_presence(floor, floor.agent_id, PRESENCE_LEASE - 10)
+    await floor.daemon.routing.sweep()
+    assert await floor.availability(floor.agent_id) == "online"  # the lease has not run out yet
+    assert floor.availability_events() == []
+
+    await age_presence(floor, floor.agent_id, PRESENCE_LEASE + 1)
+    await floor.daemon.routing.sweep()
+    assert await floor.availability(floor.agent_id) == "offline"
+    assert floor.availability_events() == [
+        {
+            "user_id": floor.agent_id,
+            "availability": "offline",
+            "previous": "online",
+            "workspace_id": floor.workspace_id,
+        }
+    ]
+    await floor.daemon.routing.sweep()
+    assert len(floor.availability_events()) == 1  # once
+
+
+async def test_an_online_set_by_hand_never_expires(floor: Floor) -> None:
+    await floor.agent.call("PUT", "/me/availability", json_body={"availability": "online"})
+    await floor.admin.patch(f"/users/{floor.admin_id}", {"availability": "online"})
+    for user_id in (floor.agent_id, floor.admin_id):
+        assert (await floor.daemon.store.get_user(floor.workspace_id, user_id)).availability_by == BY_PERSON
+        await age_presence(floor, user_id, 30 * 24 * 3600)
+    floor.heard.clear()
+    await floor.daemon.routing.sweep()
+    assert await floor.availability(floor.agent_id) == "online"
+    assert await floor.availability(floor.admin_id) == "online"
+    assert floor.availability_events() == []
+
+
+async def test_an_open_stream_keeps_its_lease(floor: Floor) -> None:
+    floor.daemon.live.presence_refresh = 0.05
+    floor.daemon.routing.presence_lease = 0.5
+    async with open_ws(floor.http, floor.base, floor.agent_token) as ws:
+        await ws.live()
+        # A second stream of the same user shares the one renewer.
+        async with open_sse(floor.http, floor.base, floor.agent_token):
+            lease = presence_lease(floor.daemon.live, floor.workspace_id, floor.agent_id)
+            assert lease is not None
+            opened = (await floor.daemon.store.get_user(floor.workspace_id, floor.agent_id)).availability_at
+            assert opened is not None
+
+            async def renewed_twice() -> bool:
+                return lease.renewals >= 2
+
+            await wait_until(renewed_twice, what="the lease to be renewed")
+            renewed = (await floor.daemon.store.get_user(floor.workspace_id, floor.agent_id)).availability_at
+            assert renewed is not None and renewed > opened
+            # Longer than the lease since the stream opened: still online, it was renewed.
+            await asyncio.sleep(0.7)
+            await floor.daemon.routing.sweep()
+            assert await floor.availability(floor.agent_id) == "online"
+        assert presence_lease(floor.daemon.live, floor.workspace_id, floor.agent_id) is lease
+
+        # The renewer stops (as in a process that froze): the next sweep after the lease ends it.
+        lease.stop()
+        await asyncio.sleep(0.7)
+        await floor.daemon.routing.sweep()
+        assert await floor.availability(floor.agent_id) == "offline"
+    await closed_streams(floor, floor.agent_id)
+    await asyncio.sleep(0)
+    assert lease.task.done()
+    assert presence_lease(floor.daemon.live, floor.workspace_id, floor.agent_id) is None
+    assert [e["availability"] for e in floor.availability_events()] == ["online", "offline"]
+
+
+async def test_an_open_stream_brings_back_a_lapsed_lease_but_not_a_persons_offline(floor: Floor) -> None:
+    floor.daemon.live.presence_refresh = 0.05
+    store = floor.daemon.store
+    async with open_sse(floor.http, floor.base, floor.agent_token):
+        assert await floor.availability(floor.agent_id) == "online"
+        # The lease lapsed (say the database was out of reach for minutes): the sweep set them
+        # offline, or the last stream in another process closed. The stream open here is still
+        # there: its renewer makes them online again.
+        await store.set_availability(
+            floor.workspace_id, floor.agent_id, "offline", utcnow(), by=BY_STREAM
+        )
+
+        async def online() -> bool:
+            return await floor.availability(floor.agent_id) == "online"
+
+        await wait_until(online, what="the renewer to make the user online again")
+        assert [e["availability"] for e in floor.availability_events()][-1] == "online"
+        # A person sets them offline: the open stream does not override it.
+        reply = await floor.agent.call("PUT", "/me/availability", json_body={"availability": "offline"})
+        assert reply.status == 200
+        lease = presence_lease(floor.daemon.live, floor.workspace_id, floor.agent_id)
+        assert lease is not None
+        renewals = lease.renewals
+        await asyncio.sleep(0.3)
+        assert await floor.availability(floor.agent_id) == "offline"
+        assert lease.renewals == renewals
+    await closed_streams(floor, floor.agent_id)
+
+
+async def test_closing_the_last_stream_stops_its_renewer(floor: Floor) -> None:
+    floor.daemon.live.presence_refresh = 0.05
+    async with open_sse(floor.http, floor.base, floor.agent_token):
+        lease = presence_lease(floor.daemon.live, floor.workspace_id, floor.agent_id)
+        assert lease is not None
+    await closed_streams(floor, floor.agent_id)
+
+    async def ended() -> bool:
+        return lease.task.done()
+
+    await wait_until(ended, what="the renewer to end")
+    assert not lease.task.cancelled() and lease.task.exception() is None
+    assert presence_lease(floor.daemon.live, floor.workspace_id, floor.agent_id) is None
+    assert await floor.availability(floor.agent_id) == "offline"
+
+
+async def test_a_store_error_does_not_break_the_stream(
+    floor: Floor, caplog: pytest.LogCaptureFixture
+) -> None:
+    floor.daemon.live.presence_refresh = 0.05
+    store = floor.daemon.store
+    async with open_ws(floor.http, floor.base, floor.agent_token) as ws:
+        await ws.live()
+        lease = presence_lease(floor.daemon.live, floor.workspace_id, floor.agent_id)
+        assert lease is not None
+        # Every renewal fails in SQL for a while.
+        await sql_write(
+            store,
+            "CREATE TRIGGER no_renewal BEFORE UPDATE OF availability_at ON users "
+            "BEGIN SELECT RAISE(ABORT, 'no renewal'); END",
+        )
+        try:
+
+            async def warned() -> bool:
+                return any("presence lease" in r.getMessage() for r in caplog.records)
+
+            await wait_until(warned, what="the renewal to fail")
+            # The socket still answers.
+            await ws.socket.send_str("not json")
+            assert (await ws.until("error"))["error"]["code"] == "invalid_json"
+        finally:
+            await sql_write(store, "DROP TRIGGER no_renewal")
+        assert not lease.task.done()
+        before = lease.renewals
+
+        async def renewed() -> bool:
+            return lease.renewals > before
+
+        await wait_until(renewed, what="the renewals to resume")

@@ -76,3 +76,39 @@ def test_upgrading_from_0001_fills_counts_previews_and_binds_tokens_to_users(tmp
     assert tuple(conv) == (2, 1, "our answer", "out")
     assert token.user_id is not None
     assert tuple(user) == ("admin", "first admin token")
+
+
+def test_0008_adds_who_set_the_availability_and_downgrades(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    _upgrade(url, "0007")
+    engine = create_engine(url)
+    now = "2026-01-01T00:00:00.000000Z"
+    with engine.begin() as conn:
+        conn.execute(text(f"INSERT INTO workspaces VALUES ('w', 'shop', 'en', '{{}}', '{now}')"))
+        conn.execute(
+            text(
+                f"INSERT INTO users (id, workspace_id, name, email, role, languages, availability, "
+                f"availability_at, created_at) VALUES ('u', 'w', 'Anna', 'a@example.com', 'agent', "
+                f"'[]', 'online', '{now}', '{now}')"
+            )
+        )
+    engine.dispose()
+    _upgrade(url, "head")
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        # An online from before is taken as set by hand: it never expires.
+        row = conn.execute(text("SELECT availability, availability_by FROM users")).one()
+    engine.dispose()
+    assert tuple(row) == ("online", None)
+
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        config = alembic_config()
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0007")
+    with engine.connect() as conn:
+        columns = {r[1] for r in conn.execute(text("PRAGMA table_info(users)"))}
+        count = conn.execute(text("SELECT count(*) FROM users")).scalar_one()
+    engine.dispose()
+    assert "availability_by" not in columns and "availability" in columns
+    assert count == 1

@@ -16,8 +16,9 @@ import aiohttp
 import pytest
 
 from aggregator.daemon import Daemon, open_store
-from aggregator.model import Event, Role
-from aggregator.routing import ConversationFacts, choose_agent, choose_team, speaks
+from aggregator.model import Event, Role, utcnow
+from aggregator.routing import PRESENCE_LEASE, ConversationFacts, choose_agent, choose_team, speaks
+from aggregator.store.admin import BY_PERSON, BY_STREAM
 from aggregator.store.inbox import ConversationChange
 from aggregator.store.routing import RoutingAgent, RoutingTeam
 from aggregator.workspace import WorkspaceSettings
@@ -340,6 +341,25 @@ async def test_manual_assignment_is_never_overridden(site: Site) -> None:
     assert (await site.assignment(conversation))[0] == site.dora
 
 
+async def test_a_persons_assignment_counts_before_its_event_is_handled(site: Site) -> None:
+    # The person's write itself records who assigned: an offline take-back racing the
+    # conversation.updated event cannot take away what a person just gave.
+    conversation = await site.write(HUNGARIAN, "c1", hint="hu")
+    routed_to = (await site.assignment(conversation))[0]
+    other = site.bela if routed_to == site.anna else site.anna
+    await site.store.update_conversation(
+        site.workspace_id,
+        conversation,
+        ConversationChange(fields={"assignee_id"}, assignee_id=other),
+        f"user:{site.anna}",
+        T0,
+    )
+    assert await site.assignment(conversation) == (other, site.budapest, "manual")
+    assert await site.store.unassign_routed(site.workspace_id, other, T0) == []
+    await site.change(conversation, site.anna, assignee_id=None)
+    assert (await site.assignment(conversation))[2] in (None, "routing")
+
+
 async def test_offline_agent_keeps_conversations_unless_the_workspace_reassigns(site: Site) -> None:
     first = await site.write(HUNGARIAN, "c1", hint="hu")
     second = await site.write(HUNGARIAN, "c2", hint="hu")
@@ -431,3 +451,52 @@ async def test_routing_settings_through_the_api(daemon: Daemon, http_session: ai
     assert "reasign_offline" in wrong.body["error"]["message"]
     null = await api.patch("/workspace", {"routing": None})
     assert (null.status, null.error_code) == (400, "invalid_field")
+
+
+async def test_a_stream_online_left_by_a_dead_process_expires_and_its_conversations_move(
+    daemon: Daemon,
+) -> None:
+    """The process serving Anna's stream was killed: her online is renewed no more. The sweep sets her
+    offline, this process's reactions hear it, and with reassign_offline Béla takes her conversation."""
+    site = await _site(daemon, online=("bela", "dora"))
+    heard: list[Event] = []
+    site.daemon.bus.listeners.append(heard.append)
+    try:
+        await site.configure(reassign_offline=True)
+        await site.store.set_availability(site.workspace_id, site.anna, "online", utcnow(), by=BY_STREAM)
+        first = await site.write(HUNGARIAN, "c1", hint="hu")
+        second = await site.write(HUNGARIAN, "c2", hint="hu")
+        by = {(await site.assignment(c))[0]: c for c in (first, second)}
+        assert set(by) == {site.anna, site.bela}
+        # Béla's online was set by hand (before availability_by existed: NULL): it never expires.
+        old = (utcnow() - timedelta(seconds=PRESENCE_LEASE + 1)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        await sql_write(
+            site.store,
+            "UPDATE users SET availability_at = :at WHERE id IN (:a, :b)",
+            at=old,
+            a=site.anna,
+            b=site.bela,
+        )
+        await site.daemon.routing.sweep()
+        await site.settle()
+        assert [(e.data, e.workspace_id) for e in heard if e.type == "user.availability"] == [
+            ({"user_id": site.anna, "availability": "offline", "previous": "online"}, site.workspace_id)
+        ]
+        rows = await sql(
+            site.store, "SELECT id, availability FROM users WHERE id IN (:a, :b)", a=site.anna, b=site.bela
+        )
+        assert {row.id: row.availability for row in rows} == {site.anna: "offline", site.bela: "online"}
+        assert await site.assignment(by[site.anna]) == (site.bela, site.budapest, "routing")
+    finally:
+        site.daemon.bus.listeners.remove(heard.append)
+
+
+async def test_presence_expires_with_routing_switched_off(site: Site) -> None:
+    await site.configure(enabled=False)
+    await site.store.set_availability(site.workspace_id, site.dora, "offline", utcnow(), by=BY_PERSON)
+    await site.store.set_availability(
+        site.workspace_id, site.dora, "online", utcnow() - timedelta(hours=1), by=BY_STREAM
+    )
+    assert await site.daemon.routing.sweep() == 0
+    rows = await sql(site.store, "SELECT availability FROM users WHERE id = :id", id=site.dora)
+    assert rows[0].availability == "offline"

@@ -27,9 +27,11 @@ from aggregator.api.framework import (
     parse_time_cursor,
     time_cursor,
 )
+from aggregator.bus import Bus
 from aggregator.model import ConnectionState, Event, Role, utcnow
 from aggregator.store import ChannelAccount, Conflict
 from aggregator.store.admin import (
+    BY_PERSON,
     ChannelChange,
     ChannelRecord,
     Cursor,
@@ -380,7 +382,10 @@ class UserOut(OutModel):
         description="`online` (routing gives them conversations), `away` or `offline`; opening the live "
         "stream makes an offline user online, closing their last stream offline again (not `away`)"
     )
-    availability_at: datetime | None = Field(description="when the availability last changed")
+    availability_at: datetime | None = Field(
+        description="when the availability last changed (for an `online` the live stream set, when "
+        "its lease was last renewed)"
+    )
     created_at: datetime
     deactivated_at: datetime | None
 
@@ -527,35 +532,44 @@ async def patch_user(call: Call) -> web.StreamResponse:
     )
     with _conflicts("email"):
         record = await call.store.update_user(call.workspace_id, user_id, change)
-    if body.availability is not None and await change_availability(call, user_id, body.availability):
+    if body.availability is not None and await change_availability(
+        call, user_id, body.availability, by=BY_PERSON
+    ):
         record = await call.store.get_user(call.workspace_id, user_id)
     return json_response(UserOut.from_record(record))
 
 
 async def change_availability(
-    call: Call, user_id: str, availability: str, *, only_from: tuple[str, ...] | None = None
+    call: Call,
+    user_id: str,
+    availability: str,
+    *,
+    by: str,
+    only_from: tuple[str, ...] | None = None,
 ) -> bool:
     """Set a user's availability; when it changed, publish `user.availability` (routing reacts to it).
 
-    With `only_from`, only a user whose availability is one of those changes (see the store).
+    `by`: BY_PERSON (the API's endpoints: never expires) or BY_STREAM (the live stream's presence: a
+    lease it renews). With `only_from`, only a user whose availability is one of those changes (see
+    the store).
     """
     previous = (await call.store.get_user(call.workspace_id, user_id)).availability
     changed = await call.store.set_availability(
-        call.workspace_id, user_id, availability, utcnow(), only_from=only_from
+        call.workspace_id, user_id, availability, utcnow(), by=by, only_from=only_from
     )
     if changed:
         data = {"user_id": user_id, "availability": availability, "previous": previous}
-        tell_listeners(call, Event("user.availability", call.workspace_id, data))
+        tell_listeners(call.bus, Event("user.availability", call.workspace_id, data))
     return changed
 
 
-def tell_listeners(call: Call, event: Event) -> None:
+def tell_listeners(bus: Bus, event: Event) -> None:
     """Hand an event to this process's own reactions (bus.listeners: rules, routing, SLA) only.
 
     Availability changes are not live stream events: clients resuming a stream replay the same events
     as before, and presence already shows who is around.
     """
-    for listener in list(call.bus.listeners):
+    for listener in list(bus.listeners):
         try:
             listener(event)
         except Exception:
@@ -583,7 +597,7 @@ class AvailabilityBody(ApiModel):
 )
 async def put_my_availability(call: Call) -> web.StreamResponse:
     body = call.body_as(AvailabilityBody)
-    await change_availability(call, call.caller.user_id, body.availability)
+    await change_availability(call, call.caller.user_id, body.availability, by=BY_PERSON)
     return json_response(
         UserOut.from_record(await call.store.get_user(call.workspace_id, call.caller.user_id))
     )

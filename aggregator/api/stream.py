@@ -14,7 +14,7 @@ from aiohttp import WSMsgType, web
 from aiohttp_sse import EventSourceResponse
 from pydantic import Field, ValidationError
 
-from aggregator.api.admin import change_availability
+from aggregator.api.admin import change_availability, tell_listeners
 from aggregator.api.framework import (
     ALL_ROLES,
     STAFF,
@@ -26,9 +26,11 @@ from aggregator.api.framework import (
     json_response,
 )
 from aggregator.api.keys import LIVE
-from aggregator.bus import BusUnavailable
+from aggregator.bus import Bus, BusUnavailable
 from aggregator.live import READY_ITEM, RESYNC_ITEM, LiveHub, StreamItem, stream_item
-from aggregator.store import NotFound
+from aggregator.model import Event, utcnow
+from aggregator.store import NotFound, Store
+from aggregator.store.admin import BY_STREAM
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +68,15 @@ Event types (clients ignore types they do not know):
 - `conversation.created` `{conversation_id}`: a new conversation (a customer wrote first).
 - `conversation.reopened` `{conversation_id, from}`: a customer message reopened it; `from` is the
   status it had.
-- `conversation.updated` `{conversation_id, changed, by}`: status, priority, assignee, team, labels or
-  snooze changed; `changed` lists the fields, `by` the user id, or null when the daemon did it (a
-  snooze that ran out).
+- `conversation.updated` `{conversation_id, changed, by}`: status, priority, assignee, team, labels,
+  language, SLA policy or snooze changed; `changed` lists the fields, `by` the user id, `routing`
+  (routing assigned or queued it), `rule:<rule id>` (an automation rule), or null when the daemon did
+  it otherwise (a snooze that ran out).
+- `sla.warning` / `sla.breached` `{conversation_id, metric, due_at, policy_id, late}`: the conversation's
+  `metric` (`first_response`, `next_response` or `resolution`) is about to fall due / fell due at
+  `due_at`. Each fires once; `late` is true when it fired at start-up, after the daemon was down.
+- `notification` `{conversation_id, user_ids, text, rule_chain}`: an automation rule asks these users
+  to look at the conversation (clients show it to the users named).
 - `conversation.read` `{conversation_id, user_id}`: that user marked it read.
 - `message.created` `{conversation_id, message_id, direction, kind?}`: a message (`direction` in|out),
   a reply or a note (`kind` message|note) was added.
@@ -82,6 +90,9 @@ Event types (clients ignore types they do not know):
 Availability: a staff user who is `offline` becomes `online` when they open the live stream, and
 `offline` again when their last open stream (in this process) closes, unless they set themselves `away`
 meanwhile (PUT /me/availability). The daemon's routing hears each change (it is no stream event).
+That presence is a lease renewed every 60 seconds while a stream is open: a process that died stops
+renewing it, and its users go offline within 3½ minutes (an `online` set by hand never expires);
+a stream still open makes its user online again at its next renewal.
 
 Keep-alive: an SSE comment (`: ping`) every 15 seconds; WebSocket pings at the same interval (a
 client that does not answer is disconnected). A WebSocket client may send
@@ -158,6 +169,9 @@ async def get_stream(call: Call) -> web.StreamResponse:
 # Per hub (one per application), open live streams by (workspace id, user id): the stream's presence
 # sets the availability (offline -> online on the first, online -> offline when the last closes).
 _streams: weakref.WeakKeyDictionary[LiveHub, dict[tuple[str, str], int]] = weakref.WeakKeyDictionary()
+# Per hub, the lease renewer of each user with a stream open; the renewers running (strong references).
+_leases: weakref.WeakKeyDictionary[LiveHub, dict[tuple[str, str], _Lease]] = weakref.WeakKeyDictionary()
+_renewing: set[asyncio.Task[None]] = set()
 
 
 def open_streams(hub: LiveHub, workspace_id: str, user_id: str) -> int:
@@ -165,9 +179,76 @@ def open_streams(hub: LiveHub, workspace_id: str, user_id: str) -> int:
     return _streams.get(hub, {}).get((workspace_id, user_id), 0)
 
 
+class _Lease:
+    """Renews the lease of the `online` a user's live stream set, every `every` seconds until stopped.
+
+    When the user is offline by the stream (the lease lapsed, or their last stream in another process
+    closed), it makes them online again; nothing while they are away, or online or offline by hand.
+    It is never cancelled in the middle of a write: stopping wakes it, and it ends before the next one.
+    """
+
+    def __init__(self, store: Store, bus: Bus, workspace_id: str, user_id: str, every: float) -> None:
+        self.store = store
+        self.bus = bus
+        self.workspace_id = workspace_id
+        self.user_id = user_id
+        self.every = every
+        self.renewals = 0
+        self._stop = asyncio.Event()
+        self.task = asyncio.create_task(self._run(), name=f"presence-lease-{user_id}")
+        _renewing.add(self.task)
+        self.task.add_done_callback(_renewing.discard)
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.every)
+            if self._stop.is_set():
+                return
+            try:
+                if await self.store.refresh_presence(self.workspace_id, self.user_id, utcnow()):
+                    self.renewals += 1
+                elif await self.store.resume_presence(self.workspace_id, self.user_id, utcnow()):
+                    # The lease lapsed (this process could not renew it in time) or another process's
+                    # last stream closed: the stream open here makes the user online again.
+                    self.renewals += 1
+                    data = {"user_id": self.user_id, "availability": "online", "previous": "offline"}
+                    tell_listeners(self.bus, Event("user.availability", self.workspace_id, data))
+            except Exception:
+                # Retried at the next interval; the stream goes on either way.
+                log.warning("could not renew user %s's presence lease", self.user_id, exc_info=True)
+
+
+def presence_lease(hub: LiveHub, workspace_id: str, user_id: str) -> _Lease | None:
+    """The running renewer of the user's presence lease on `hub`, if any."""
+    lease = _leases.get(hub, {}).get((workspace_id, user_id))
+    return None if lease is None or lease.stopped else lease
+
+
+def _keep_lease(call: Call, hub: LiveHub) -> None:
+    leases = _leases.setdefault(hub, {})
+    key = (call.workspace_id, call.caller.user_id)
+    lease = leases.get(key)
+    if lease is None or lease.stopped:
+        leases[key] = _Lease(call.store, call.bus, call.workspace_id, call.caller.user_id, hub.presence_refresh)
+
+
+def _drop_lease(hub: LiveHub, key: tuple[str, str]) -> None:
+    lease = _leases.get(hub, {}).pop(key, None)
+    if lease is not None:
+        lease.stop()
+
+
 async def _set_presence(call: Call, availability: str, only_from: tuple[str, ...]) -> None:
     try:
-        await change_availability(call, call.caller.user_id, availability, only_from=only_from)
+        await change_availability(call, call.caller.user_id, availability, by=BY_STREAM, only_from=only_from)
     except NotFound:
         pass  # deactivated meanwhile
     except Exception:
@@ -179,7 +260,12 @@ async def _set_presence(call: Call, availability: str, only_from: tuple[str, ...
 
 @contextlib.asynccontextmanager
 async def _online(call: Call, hub: LiveHub) -> AsyncIterator[None]:
-    """While the caller (a staff user) has a stream open: online, unless they set themselves away."""
+    """While the caller (a staff user) has a stream open: online, unless they set themselves away.
+
+    That online is a lease: renewed every `hub.presence_refresh` seconds (60) while the user has a
+    stream open here, by one renewer per user, and expired by routing's sweep when nobody renewed it
+    for PRESENCE_LEASE (180 s), as when the process serving the stream was killed.
+    """
     if call.caller.role not in STAFF:
         yield
         return
@@ -189,11 +275,13 @@ async def _online(call: Call, hub: LiveHub) -> AsyncIterator[None]:
     try:
         if counts[key] == 1:
             await _set_presence(call, "online", ("offline",))
+        _keep_lease(call, hub)
         yield
     finally:
         last = counts[key] == 1
         try:
             if last:
+                _drop_lease(hub, key)
                 # Counted as open until written, so that a count of 0 means it is recorded. Shielded:
                 # a cancelled handler (the client went away) still records that it left.
                 await asyncio.shield(_set_presence(call, "offline", ("online",)))
@@ -203,9 +291,12 @@ async def _online(call: Call, hub: LiveHub) -> AsyncIterator[None]:
                 counts[key] = left
             else:
                 del counts[key]
+                # A stream that opened and closed while this one recorded the offline started one.
+                _drop_lease(hub, key)
         if last and left:
             # Another stream opened while this one recorded the offline: online again.
             await _set_presence(call, "online", ("offline",))
+            _keep_lease(call, hub)
 
 
 Send = Callable[[StreamItem], Awaitable[None]]

@@ -49,9 +49,15 @@ class UserRecord:
     signature: str | None = None
     availability: str = "offline"  # "online" | "away" | "offline": routing gives work to online agents
     availability_at: datetime | None = None
+    availability_by: str | None = None  # BY_STREAM or BY_PERSON; None: set before it was recorded
 
 
 AVAILABILITIES = ("online", "away", "offline")
+# Who set an availability (users.availability_by): the live stream's presence, a lease that expires
+# unless renewed (see refresh_presence), or a person through the API, which never expires.
+BY_STREAM = "stream"
+BY_PERSON = "person"
+AVAILABILITY_SOURCES = (BY_STREAM, BY_PERSON)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +165,7 @@ def _user(row: Any, team_ids: list[str]) -> UserRecord:
         signature=row.signature,
         availability=row.availability,
         availability_at=row.availability_at,
+        availability_by=row.availability_by,
     )
 
 
@@ -317,26 +324,96 @@ class AdminQueries(StoreBase):
         availability: str,
         now: datetime,
         *,
+        by: str,
         only_from: Sequence[str] | None = None,
     ) -> bool:
         """Set an active user's availability ("online", "away" or "offline"); whether it changed.
 
+        `by` records who set it: BY_STREAM (the live stream's presence: an online that expires unless
+        renewed, see refresh_presence) or BY_PERSON (never expires). A person setting the availability
+        the user has already takes it over from the stream (it no longer expires) without a change.
         With `only_from`, only a user whose availability is one of those changes (the live stream's
         presence never overrides an "away" set by hand). NotFound for no such active user.
         """
         if availability not in AVAILABILITIES:
             raise Invalid("availability", f"{availability!r} is not one of {', '.join(AVAILABILITIES)}")
+        if by not in AVAILABILITY_SOURCES:
+            raise Invalid("by", f"{by!r} is not one of {', '.join(AVAILABILITY_SOURCES)}")
         u = t.users
         async with self.write() as conn:
             current = await self._get_user(conn, workspace_id, user_id)
-            if current.availability == availability or (
-                only_from is not None and current.availability not in only_from
-            ):
+            if current.availability == availability:
+                if by == BY_PERSON and current.availability_by != BY_PERSON:
+                    await conn.execute(update(u).where(u.c.id == user_id).values(availability_by=by))
+                return False
+            if only_from is not None and current.availability not in only_from:
                 return False
             await conn.execute(
-                update(u).where(u.c.id == user_id).values(availability=availability, availability_at=now)
+                update(u)
+                .where(u.c.id == user_id)
+                .values(availability=availability, availability_at=now, availability_by=by)
             )
         return True
+
+    async def refresh_presence(self, workspace_id: str, user_id: str, now: datetime) -> bool:
+        """Renew the lease of an online the live stream set (availability_at = now); whether it was one.
+
+        An availability a person set, or any other than online, is left alone.
+        """
+        u = t.users
+        async with self.write() as conn:
+            done = await conn.execute(
+                update(u)
+                .where(
+                    u.c.id == user_id,
+                    u.c.workspace_id == workspace_id,
+                    u.c.availability == "online",
+                    u.c.availability_by == BY_STREAM,
+                    u.c.deactivated_at.is_(None),
+                )
+                .values(availability_at=now)
+            )
+        return bool(done.rowcount)
+
+    async def expire_presence(
+        self, before: datetime, *, now: datetime | None = None
+    ) -> list[tuple[str, str]]:
+        """Set offline every user online by the live stream whose lease was last renewed before `before`
+        (the process holding their stream died); (workspace id, user id) of each."""
+        u = t.users
+        now = utcnow() if now is None else now
+        async with self.write() as conn:
+            rows = await conn.execute(
+                update(u)
+                .where(
+                    u.c.availability == "online",
+                    u.c.availability_by == BY_STREAM,
+                    u.c.availability_at < before,
+                    u.c.deactivated_at.is_(None),
+                )
+                .values(availability="offline", availability_at=now, availability_by=BY_STREAM)
+                .returning(u.c.workspace_id, u.c.id)
+            )
+            return [(row[0], row[1]) for row in rows]
+
+    async def resume_presence(self, workspace_id: str, user_id: str, now: datetime) -> bool:
+        """Online again, by the stream, a user whose stream-set online lapsed or whom another process's
+        stream set offline, while a stream of theirs is still open; whether it changed. An offline or
+        away a person set is left alone."""
+        u = t.users
+        async with self.write() as conn:
+            done = await conn.execute(
+                update(u)
+                .where(
+                    u.c.id == user_id,
+                    u.c.workspace_id == workspace_id,
+                    u.c.availability == "offline",
+                    u.c.availability_by == BY_STREAM,
+                    u.c.deactivated_at.is_(None),
+                )
+                .values(availability="online", availability_at=now)
+            )
+        return bool(done.rowcount)
 
     async def deactivate_user(self, workspace_id: str, user_id: str, now: datetime) -> list[str]:
         """Deactivate, revoke its tokens, leave its teams, unassign its unresolved conversations (ids)."""

@@ -304,18 +304,3 @@ class RoutingQueries(StoreBase):
 
         async with self.write() as conn:
             return await conn.run_sync(work)
-
-    async def mark_assigned_by_person(self, workspace_id: str, conversation_id: str) -> None:
-        """Someone else changed the assignee of a conversation routing had assigned: it is theirs now."""
-        c = t.conversations
-        async with self.write() as conn:
-            await conn.execute(
-                update(c)
-                .where(
-                    c.c.id == conversation_id,
-                    c.c.workspace_id == workspace_id,
-                    c.c.assignee_id.is_not(None),
-                    c.c.assigned_by == ROUTING,
-                )
-                .values(assigned_by="manual")
-            )

@@ -131,6 +131,9 @@ users = Table(
     # Routing: "online" | "away" | "offline" (set through the API and by the live stream's presence).
     Column("availability", String(16), nullable=False, server_default="offline"),
     Column("availability_at", UTCDateTime()),
+    # Who set it: "stream" (a lease the live stream renews while open; expires unless renewed) or
+    # "person" (PUT /me/availability, PATCH /users/{id}: never expires); NULL from before 0008.
+    Column("availability_by", String(16)),
     # When routing last gave this agent a conversation: round robin among equally loaded agents.
     Column("last_assigned_at", UTCDateTime()),
     UniqueConstraint("workspace_id", "email"),
