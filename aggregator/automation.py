@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
-from aggregator.hours import BusinessHours
 from aggregator.language import base_language
 from aggregator.model import Event, utcnow
 from aggregator.replies import compose
+from aggregator.routing import conversation_hours
 from aggregator.secrets import SecretKeyError
 from aggregator.store import Conflict, Invalid, NotFound, Store
 from aggregator.store.inbox import ConversationChange
@@ -604,8 +604,8 @@ class RuleEngine:
                     return shown.casefold() == equals.casefold()
                 return contains is not None and contains.casefold() in shown.casefold()
             case BusinessHoursCondition(when=when, calendar_id=calendar_id):
-                hours = await self._hours(ws, calendar_id)
-                # No calendar: the team is always open.
+                hours = await conversation_hours(self.store, self.settings, ws, facts.id, calendar_id)
+                # No hours anywhere: always open.
                 is_open = True if hours is None else hours.is_open(self.clock())
                 return is_open == (when == "inside")
             case AssigneeCondition(assignee=assignee):
@@ -615,11 +615,6 @@ class RuleEngine:
                     return facts.assignee_id is not None
                 return facts.assignee_id == assignee
         raise ValueError(f"unknown condition {condition!r}")
-
-    async def _hours(self, ws: str, calendar_id: str | None) -> BusinessHours | None:
-        if calendar_id is None:
-            return (await self.settings.get(ws)).hours
-        return BusinessHours.model_validate(await self.store.calendar_hours(ws, calendar_id))
 
     async def _change(
         self, ws: str, conversation_id: str, change: ConversationChange, actor: str, changed: set[str]

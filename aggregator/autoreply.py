@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 
 from aggregator.model import Event, utcnow
 from aggregator.replies import compose
+from aggregator.routing import conversation_hours
 from aggregator.store import NotFound, Store
 from aggregator.store.replies import InboundFacts
 from aggregator.templates import TemplateInvalid
@@ -159,6 +160,17 @@ class AutoReplier:
         if facts is None:
             return None
         settings = await self.settings.get(facts.workspace_id)
+        # The hours that apply to this conversation (its team's calendar, or the one the out-of-hours
+        # reply names, else the workspace's), for the decision and for the template's opens_at.
+        hours = await conversation_hours(
+            self.store,
+            self.settings,
+            facts.workspace_id,
+            facts.conversation_id,
+            settings.auto_replies.out_of_hours.calendar_id,
+        )
+        if hours is not settings.hours:
+            settings = settings.model_copy(update={"hours": hours})
         now = self.clock()
         decided = self.decide(
             facts, settings, facts.created_at if at_arrival and facts.created_at is not None else now

@@ -47,6 +47,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 
+from aggregator.hours import BusinessHours
 from aggregator.language import base_language
 from aggregator.live import PRESENCE_REFRESH
 from aggregator.model import ConversationStatus, Event, utcnow
@@ -134,6 +135,33 @@ def choose_agent(language: str | None, agents: Sequence[RoutingAgent]) -> Routin
         if best_key is None or key < best_key:
             best, best_key = agent, key
     return best
+
+
+async def conversation_hours(
+    store: Store,
+    settings: SettingsCache,
+    workspace_id: str,
+    conversation_id: str,
+    calendar_id: str | None = None,
+) -> BusinessHours | None:
+    """The business hours that apply to a conversation: the calendar given, else its team's calendar
+    (a conversation without a team yet: of the team routing would give it), else the workspace's
+    `hours`; None when none are set (always open). A calendar deleted meanwhile counts as not given."""
+    if calendar_id is not None:
+        hours = await store.calendar_hours(workspace_id, calendar_id)
+        if hours is not None:
+            return hours
+    conversation = await store.routing_conversation(workspace_id, conversation_id)
+    if conversation is not None:
+        team = choose_team(
+            ConversationFacts(conversation.channel_account_id, conversation.language, conversation.team_id),
+            await store.routing_teams(workspace_id),
+        )
+        if team is not None and team.calendar_id is not None:
+            hours = await store.calendar_hours(workspace_id, team.calendar_id)
+            if hours is not None:
+                return hours
+    return (await settings.get(workspace_id)).hours
 
 
 class _Snapshot:

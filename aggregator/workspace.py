@@ -47,6 +47,12 @@ class OutOfHours(_Settings):
     channels: list[str] | None = Field(
         None, description="channel account ids it applies to; null: every channel account"
     )
+    calendar_id: str | None = Field(
+        None,
+        max_length=64,
+        description="the calendar whose hours it follows; null: the conversation's team's calendar, "
+        "else the workspace's `hours`",
+    )
 
 
 class AutoReplies(_Settings):

@@ -27,6 +27,7 @@ import pytest
 
 from aggregator.autoreply import AutoReplier
 from aggregator.daemon import Daemon
+from aggregator.hours import BusinessHours
 from aggregator.model import Identity, IngestResult, MessageFlags, Reachability, Role, ThreadHints
 from aggregator.workspace import WorkspaceSettings
 from channels.email.parse import parse_message
@@ -550,6 +551,64 @@ async def test_out_of_hours_limited_to_its_channels(site: Site) -> None:
     assert ack.extra["automatic"] == "acknowledge"
 
 
+async def test_out_of_hours_follows_the_teams_calendar_or_the_one_it_names(site: Site) -> None:
+    # Budapest's team works 8:00-16:00 and takes channel B; the workspace's own hours (Berlin, 9-17)
+    # are for everything else.
+    store = site.daemon.store
+    budapest = await store.create_calendar(
+        site.workspace_id,
+        "Budapest",
+        BusinessHours.model_validate(
+            {
+                "timezone": "Europe/Budapest",
+                "weekly": {d: ["08:00-16:00"] for d in ("mon", "tue", "wed", "thu", "fri")},
+                "holidays": {"country": "HU"},
+            }
+        ),
+    )
+    await store.create_team(
+        site.workspace_id, "Budapest", [], [], channel_account_ids=[site.b], calendar_id=budapest.id
+    )
+    await away_settings(site, acknowledge=False)
+    # Tuesday 16:30 in Berlin and Budapest: Berlin is open, Budapest closed since 16:00.
+    site.clock.set(datetime(2026, 12, 8, 15, 30, tzinfo=UTC))
+    await site.say(site.a, "sara", ENGLISH)
+    assert await outgoing(site.daemon) == []
+    on_b = await site.say(site.b, "tibor", ENGLISH)
+    [reply] = await outgoing(site.daemon)
+    assert (reply.conversation_id, reply.extra["automatic"]) == (on_b.conversation_id, "out_of_hours")
+    # The next opening is the team's: Wednesday at 8:00, not the workspace's 9:00.
+    assert reply.text == "We are closed right now. We are back on Wednesday, 12/9/26, 8:00\u202fAM."
+
+    # Named in the settings, a calendar wins over the team's and the workspace's hours: at 16:30
+    # the Berlin customer on channel A gets the reply too.
+    await site.configure(
+        timezone="Europe/Berlin",
+        hours=BERLIN_HOURS,
+        auto_replies={"out_of_hours": {"enabled": True, "template": "away", "calendar_id": budapest.id}},
+    )
+    on_a = await site.say(site.a, "ulla", ENGLISH)
+    [named] = await outgoing(site.daemon, on_a.conversation_id)
+    assert named.extra["automatic"] == "out_of_hours"
+
+
+async def test_out_of_hours_settings_accept_a_teams_calendar_and_check_the_named_one(site: Site) -> None:
+    body = {"auto_replies": {"out_of_hours": {"enabled": True, "template": "away", "calendar_id": "nope"}}}
+    refused = await site.api.patch("/workspace", body)
+    assert refused.status == 400, refused.body
+    assert "calendar_id: no calendar with id 'nope'" in refused.body["error"]["message"]
+    # No workspace hours, but a team has a calendar: enough to know when the team is away.
+    calendar = await site.daemon.store.create_calendar(
+        site.workspace_id, "Office", BusinessHours.model_validate(BERLIN_HOURS)
+    )
+    await site.daemon.store.create_team(site.workspace_id, "Office", ["en"], [], calendar_id=calendar.id)
+    accepted = await site.api.patch(
+        "/workspace", {"auto_replies": {"out_of_hours": {"enabled": True, "template": "away"}}}
+    )
+    assert accepted.status == 200, accepted.body
+    assert accepted.body["settings"]["auto_replies"]["out_of_hours"]["calendar_id"] is None
+
+
 # ------------------------------------------------------------------------------------------------
 # 5. The settings through the API
 
@@ -638,7 +697,7 @@ async def test_patch_workspace_validates_the_automatic_replies(site: Site) -> No
     assert settings["auto_replies"] == {
         "period_days": 2.0,
         "acknowledge": {site.a: {"enabled": True, "template": "ack"}},
-        "out_of_hours": {"enabled": True, "template": "away", "channels": [site.b]},
+        "out_of_hours": {"enabled": True, "template": "away", "channels": [site.b], "calendar_id": None},
     }
     # Hours given without a zone are in the workspace's time zone.
     zoneless = await api.patch("/workspace", {"hours": {"weekly": {"mon": ["08:00-12:00"]}}})

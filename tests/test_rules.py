@@ -271,6 +271,12 @@ async def test_business_hours_condition_workspace_and_calendar(site: Site) -> No
     assert await site.labels(await site.message()) == {"outside"}
     site.clock.now = SATURDAY_NOON_BUDAPEST + timedelta(hours=11)  # 23:00 in Budapest
     assert await site.labels(await site.message()) == {"outside", "night-shift"}
+    # A team with a calendar (every channel account in it: the night shift's): its conversations are
+    # judged by that calendar, others by the workspace's hours.
+    await site.daemon.store.create_team(
+        site.workspace_id, "Nights", [], [], channel_account_ids=[site.channel], calendar_id=night_calendar
+    )
+    assert await site.labels(await site.message()) == {"inside", "night-shift"}
 
 
 # Actions ------------------------------------------------------------------------------------------

@@ -146,11 +146,25 @@ async def patch_workspace(call: Call) -> web.StreamResponse:
         raise ApiError(400, "invalid_field", f"{where}: {message}", str(error["loc"][0])) from exc
     if "auto_replies" in given:
         await _check_templates(call, settings.auto_replies)
-    if settings.auto_replies.out_of_hours.enabled and settings.hours is None:
+    away = settings.auto_replies.out_of_hours
+    if away.calendar_id is not None and await call.store.calendar_hours(call.workspace_id, away.calendar_id) is None:
         raise ApiError(
             400,
             "invalid_field",
-            "auto_replies.out_of_hours: needs business hours to know when the team is away; set `hours`",
+            f"auto_replies.out_of_hours.calendar_id: no calendar with id {away.calendar_id!r} (GET /calendars)",
+            "auto_replies",
+        )
+    if (
+        away.enabled
+        and settings.hours is None
+        and away.calendar_id is None
+        and not any(team.calendar_id for team in await call.store.routing_teams(call.workspace_id))
+    ):
+        raise ApiError(
+            400,
+            "invalid_field",
+            "auto_replies.out_of_hours: needs business hours to know when the team is away; set `hours`, "
+            "`auto_replies.out_of_hours.calendar_id`, or give teams a calendar",
             "hours" if "hours" in given else "auto_replies",
         )
     if body.default_language is not None:

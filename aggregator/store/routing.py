@@ -47,6 +47,7 @@ class RoutingTeam:
     channel_account_ids: tuple[str, ...]
     position: int
     member_ids: tuple[str, ...]
+    calendar_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +180,7 @@ class RoutingQueries(StoreBase):
                     tuple(row.channel_account_ids or ()),
                     row.position or 0,
                     tuple(members[row.id]),
+                    row.calendar_id,
                 )
                 for row in rows
             ]
