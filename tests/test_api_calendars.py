@@ -233,6 +233,29 @@ async def test_a_calendar_in_use_cannot_be_deleted(office: Office) -> None:
     assert "SLA policy 'Company hours'" in error["message"] and "team" not in error["message"]
     async with office.daemon.store.write() as conn:
         await conn.execute(t.sla_policies.delete())
+
+    # A rule's business-hours condition, and the out-of-hours reply, name calendars as well.
+    rule = await office.admin.post(
+        "/rules",
+        {
+            "name": "Night shift",
+            "event": "conversation.created",
+            "conditions": [{"type": "business_hours", "when": "inside", "calendar_id": calendar["id"]}],
+            "actions": [{"type": "add_label", "label": "night"}],
+        },
+    )
+    assert rule.status == 201, rule.body
+    error = error_of(await office.admin.delete(path), 409, "calendar_in_use")
+    assert "rule 'Night shift'" in error["message"]
+    assert (await office.admin.delete(f"/rules/{rule.body['id']}")).status == 204
+    settings = await office.daemon.store.workspace_settings(office.workspace_id)
+    away = {"enabled": False, "calendar_id": calendar["id"]}
+    await office.daemon.store.update_workspace(
+        office.workspace_id, settings={**settings, "auto_replies": {"out_of_hours": away}}
+    )
+    error = error_of(await office.admin.delete(path), 409, "calendar_in_use")
+    assert "the out-of-hours reply" in error["message"]
+    await office.daemon.store.update_workspace(office.workspace_id, settings=settings)
     assert (await office.admin.delete(path)).status == 204
 
 

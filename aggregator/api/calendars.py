@@ -139,12 +139,13 @@ async def patch_calendar(call: Call) -> web.StreamResponse:
 @api.endpoint(
     "DELETE",
     "/calendars/{id}",
-    summary="Delete a calendar (refused while a team or an SLA policy uses it)",
+    summary="Delete a calendar (refused while a team, an SLA policy, a rule or the out-of-hours reply uses it)",
     tag="calendars",
     roles=ADMIN,
     status=204,
     errors=(409,),
-    description="409 `calendar_in_use` names the teams and SLA policies that use it.",
+    description="409 `calendar_in_use` names the teams, SLA policies and rules (and the out-of-hours reply) "
+    "that use it.",
 )
 async def delete_calendar(call: Call) -> web.StreamResponse:
     try:

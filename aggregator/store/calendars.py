@@ -147,7 +147,8 @@ class CalendarQueries(StoreBase):
             raise Conflict(f"a calendar named {change.name!r} exists already in this workspace") from exc
 
     async def delete_calendar(self, workspace_id: str, calendar_id: str) -> None:
-        """Delete the calendar; CalendarInUse while a team or an SLA policy refers to it."""
+        """Delete the calendar; CalendarInUse while a team, an SLA policy, a rule or the out-of-hours
+        reply refers to it."""
         tt, sp = t.teams, t.sla_policies
         async with self.write() as conn:
             current = await self._get_calendar(conn, workspace_id, calendar_id)
@@ -165,8 +166,29 @@ class CalendarQueries(StoreBase):
                     )
                 ).scalars()
             )
-            if teams or policies:
-                users = [f"team {name!r}" for name in teams] + [f"SLA policy {name!r}" for name in policies]
+            r, w = t.rules, t.workspaces
+            rules = [
+                name
+                for name, conditions in (
+                    await conn.execute(
+                        select(r.c.name, r.c.conditions).where(r.c.workspace_id == workspace_id).order_by(r.c.name)
+                    )
+                ).all()
+                if any(
+                    isinstance(c, dict) and c.get("calendar_id") == current.id for c in conditions or ()
+                )
+            ][:5]
+            settings = (
+                await conn.execute(select(w.c.settings).where(w.c.id == workspace_id))
+            ).scalar_one_or_none() or {}
+            away = (settings.get("auto_replies") or {}).get("out_of_hours") or {}
+            if teams or policies or rules or away.get("calendar_id") == current.id:
+                users = (
+                    [f"team {name!r}" for name in teams]
+                    + [f"SLA policy {name!r}" for name in policies]
+                    + [f"rule {name!r}" for name in rules]
+                    + (["the out-of-hours reply"] if away.get("calendar_id") == current.id else [])
+                )
                 raise CalendarInUse(
                     f"calendar {current.name!r} is used by {', '.join(users)}: give them another calendar "
                     "(or none) first"
