@@ -192,9 +192,9 @@ async def test_store_presence_lease(floor: Floor) -> None:
     assert await store.set_availability(ws, floor.admin_id, "online", old, by=BY_PERSON)
     # Renewing touches the stream's online only.
     renewed = old + timedelta(minutes=30)
-    assert await store.refresh_presence(ws, floor.agent_id, renewed) is True
-    assert await store.refresh_presence(ws, floor.admin_id, renewed) is False
-    assert await store.refresh_presence(ws, floor.seller_id, renewed) is False  # offline
+    assert await store.renew_presence(ws, floor.agent_id, renewed) == "renewed"
+    assert await store.renew_presence(ws, floor.admin_id, renewed) is None
+    assert await store.renew_presence(ws, floor.seller_id, renewed) is None  # offline, not by the stream
     assert (await store.get_user(ws, floor.agent_id)).availability_at == renewed
     assert (await store.get_user(ws, floor.admin_id)).availability_at == old
 
@@ -205,6 +205,12 @@ async def test_store_presence_lease(floor: Floor) -> None:
     assert (agent.availability, agent.availability_at, agent.availability_by) == ("offline", now, BY_STREAM)
     assert await store.expire_presence(utcnow() + timedelta(days=1)) == []  # the person's never expires
     assert await floor.availability(floor.admin_id) == "online"
+    # A stream still open brings the expired one back; a person's offline it leaves alone.
+    assert await store.renew_presence(ws, floor.agent_id, now) == "resumed"
+    assert await floor.availability(floor.agent_id) == "online"
+    assert await store.set_availability(ws, floor.agent_id, "offline", now, by=BY_PERSON)
+    assert await store.renew_presence(ws, floor.agent_id, now) is None
+    assert await floor.availability(floor.agent_id) == "offline"
 
     # A person confirming the online the stream set takes it over: it no longer expires.
     assert await store.set_availability(ws, floor.agent_id, "online", old, by=BY_STREAM)

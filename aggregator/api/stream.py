@@ -213,12 +213,12 @@ class _Lease:
             if self._stop.is_set():
                 return
             try:
-                if await self.store.refresh_presence(self.workspace_id, self.user_id, utcnow()):
+                renewed = await self.store.renew_presence(self.workspace_id, self.user_id, utcnow())
+                if renewed is not None:
                     self.renewals += 1
-                elif await self.store.resume_presence(self.workspace_id, self.user_id, utcnow()):
+                if renewed == "resumed":
                     # The lease lapsed (this process could not renew it in time) or another process's
                     # last stream closed: the stream open here makes the user online again.
-                    self.renewals += 1
                     data = {"user_id": self.user_id, "availability": "online", "previous": "offline"}
                     tell_listeners(self.bus, Event("user.availability", self.workspace_id, data))
             except Exception:

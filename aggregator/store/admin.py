@@ -54,7 +54,7 @@ class UserRecord:
 
 AVAILABILITIES = ("online", "away", "offline")
 # Who set an availability (users.availability_by): the live stream's presence, a lease that expires
-# unless renewed (see refresh_presence), or a person through the API, which never expires.
+# unless renewed (see renew_presence), or a person through the API, which never expires.
 BY_STREAM = "stream"
 BY_PERSON = "person"
 AVAILABILITY_SOURCES = (BY_STREAM, BY_PERSON)
@@ -330,7 +330,7 @@ class AdminQueries(StoreBase):
         """Set an active user's availability ("online", "away" or "offline"); whether it changed.
 
         `by` records who set it: BY_STREAM (the live stream's presence: an online that expires unless
-        renewed, see refresh_presence) or BY_PERSON (never expires). A person setting the availability
+        renewed, see renew_presence) or BY_PERSON (never expires). A person setting the availability
         the user has already takes it over from the stream (it no longer expires) without a change.
         With `only_from`, only a user whose availability is one of those changes (the live stream's
         presence never overrides an "away" set by hand). NotFound for no such active user.
@@ -355,25 +355,28 @@ class AdminQueries(StoreBase):
             )
         return True
 
-    async def refresh_presence(self, workspace_id: str, user_id: str, now: datetime) -> bool:
-        """Renew the lease of an online the live stream set (availability_at = now); whether it was one.
-
-        An availability a person set, or any other than online, is left alone.
-        """
+    async def renew_presence(self, workspace_id: str, user_id: str, now: datetime) -> str | None:
+        """Renew the lease of an online the live stream set (availability_at = now): "renewed"; or make
+        a user the stream had set offline (their lease lapsed, or another process's last stream closed)
+        online again while a stream of theirs is open here: "resumed"; else None (an availability a
+        person set, or away, is left alone)."""
         u = t.users
+        mine = (
+            u.c.id == user_id,
+            u.c.workspace_id == workspace_id,
+            u.c.availability_by == BY_STREAM,
+            u.c.deactivated_at.is_(None),
+        )
         async with self.write() as conn:
             done = await conn.execute(
-                update(u)
-                .where(
-                    u.c.id == user_id,
-                    u.c.workspace_id == workspace_id,
-                    u.c.availability == "online",
-                    u.c.availability_by == BY_STREAM,
-                    u.c.deactivated_at.is_(None),
-                )
-                .values(availability_at=now)
+                update(u).where(*mine, u.c.availability == "online").values(availability_at=now)
             )
-        return bool(done.rowcount)
+            if done.rowcount:
+                return "renewed"
+            done = await conn.execute(
+                update(u).where(*mine, u.c.availability == "offline").values(availability="online", availability_at=now)
+            )
+        return "resumed" if done.rowcount else None
 
     async def expire_presence(
         self, before: datetime, *, now: datetime | None = None
@@ -395,25 +398,6 @@ class AdminQueries(StoreBase):
                 .returning(u.c.workspace_id, u.c.id)
             )
             return [(row[0], row[1]) for row in rows]
-
-    async def resume_presence(self, workspace_id: str, user_id: str, now: datetime) -> bool:
-        """Online again, by the stream, a user whose stream-set online lapsed or whom another process's
-        stream set offline, while a stream of theirs is still open; whether it changed. An offline or
-        away a person set is left alone."""
-        u = t.users
-        async with self.write() as conn:
-            done = await conn.execute(
-                update(u)
-                .where(
-                    u.c.id == user_id,
-                    u.c.workspace_id == workspace_id,
-                    u.c.availability == "offline",
-                    u.c.availability_by == BY_STREAM,
-                    u.c.deactivated_at.is_(None),
-                )
-                .values(availability="online", availability_at=now)
-            )
-        return bool(done.rowcount)
 
     async def deactivate_user(self, workspace_id: str, user_id: str, now: datetime) -> list[str]:
         """Deactivate, revoke its tokens, leave its teams, unassign its unresolved conversations (ids)."""
