@@ -20,6 +20,9 @@ speaks none: they take only conversations whose language is unknown, which anyon
 loaded first; ties go to whoever was given a conversation longest ago (never: first), then by id, which
 makes equally loaded agents take turns.
 
+An agent who gives a conversation back (a person unassigns it) does not get it again from routing: it
+goes to someone else, or waits in the queue (a person or a rule may still give it to them).
+
 No agent fits: the conversation joins the team's queue (team set, unassigned), and is assigned as soon as
 someone fits: an agent comes online, resolves or hands back a conversation, or its language becomes
 known. A conversation with an assignee is never touched: manual assignment always wins. An agent who
@@ -121,13 +124,16 @@ def speaks(agent: RoutingAgent, language: str | None) -> bool:
     return base is None or base in _bases(tuple(agent.languages))
 
 
-def choose_agent(language: str | None, agents: Sequence[RoutingAgent]) -> RoutingAgent | None:
-    """The agent who gets the conversation (see the module's docstring); None when nobody fits."""
+def choose_agent(
+    language: str | None, agents: Sequence[RoutingAgent], *, exclude: str | None = None
+) -> RoutingAgent | None:
+    """The agent who gets the conversation (see the module's docstring), never `exclude` (the agent
+    who gave it back); None when nobody fits."""
     base = base_language(language)
     best: RoutingAgent | None = None
     best_key: tuple[int, datetime, str] | None = None
     for agent in agents:
-        if agent.availability != ONLINE or agent.open_count >= agent.capacity:
+        if agent.availability != ONLINE or agent.open_count >= agent.capacity or agent.id == exclude:
             continue
         if base is not None and base not in _bases(tuple(agent.languages)):
             continue
@@ -304,7 +310,9 @@ class RoutingEngine:
         )
         if team is None:
             return False
-        agent = choose_agent(conversation.language, await snapshot.agents(team))
+        agent = choose_agent(
+            conversation.language, await snapshot.agents(team), exclude=conversation.handed_back_by
+        )
         if agent is None and conversation.team_id == team.id:
             return False  # waits in its team's queue already
         now = self.clock()

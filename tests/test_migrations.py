@@ -112,3 +112,20 @@ def test_0008_adds_who_set_the_availability_and_downgrades(tmp_path: Path) -> No
     engine.dispose()
     assert "availability_by" not in columns and "availability" in columns
     assert count == 1
+
+
+def test_0009_adds_who_handed_a_conversation_back_and_downgrades(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    _upgrade(url, "head")
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        columns = {r[1] for r in conn.execute(text("PRAGMA table_info(conversations)"))}
+    assert "handed_back_by" in columns
+    with engine.begin() as conn:
+        config = alembic_config()
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0008")
+    with engine.connect() as conn:
+        columns = {r[1] for r in conn.execute(text("PRAGMA table_info(conversations)"))}
+    engine.dispose()
+    assert "handed_back_by" not in columns and "assigned_by" in columns

@@ -111,6 +111,9 @@ def test_least_loaded_first_then_longest_since_assigned_then_id() -> None:
     assert choose_agent("hu", [agent("y"), agent("x")]) == agent("x")
     # A more loaded speaker still beats a less loaded agent who does not speak the language.
     assert choose_agent("hu", [agent("e", ("de",)), busy]) == busy
+    # Who gave the conversation back does not get it again, however idle.
+    assert choose_agent("hu", [busy, idle], exclude="b") == busy
+    assert choose_agent("hu", [idle], exclude="b") is None
 
 
 def test_round_robin_on_ties() -> None:
@@ -358,6 +361,29 @@ async def test_a_persons_assignment_counts_before_its_event_is_handled(site: Sit
     assert await site.store.unassign_routed(site.workspace_id, other, T0) == []
     await site.change(conversation, site.anna, assignee_id=None)
     assert (await site.assignment(conversation))[2] in (None, "routing")
+
+
+async def test_a_conversation_given_back_goes_to_someone_else(site: Site) -> None:
+    conversation = await site.write(HUNGARIAN, "c1", hint="hu")
+    first = (await site.assignment(conversation))[0]
+    assert first in (site.anna, site.bela)
+    other = site.bela if first == site.anna else site.anna
+    # The agent gives it back: the other Hungarian speaker gets it, though the first is idler now.
+    await site.change(conversation, first, assignee_id=None)
+    assert await site.assignment(conversation) == (other, site.budapest, "routing")
+    # The other one gives it back too, while the first is away: it waits in the queue, the sweep
+    # does not hand it back to them.
+    await site.set_availability(first, "away")
+    await site.change(conversation, other, assignee_id=None)
+    assert await site.assignment(conversation) == (None, site.budapest, None)
+    await site.set_availability(first, "online")
+    assert await site.assignment(conversation) == (first, site.budapest, "routing")
+    [row] = await sql(site.store, "SELECT handed_back_by FROM conversations WHERE id = :id", id=conversation)
+    assert row.handed_back_by is None
+    # A person may still give it to whoever they like.
+    await site.change(conversation, site.anna, assignee_id=None)
+    await site.change(conversation, site.anna, assignee_id=first)
+    assert await site.assignment(conversation) == (first, site.budapest, "manual")
 
 
 async def test_offline_agent_keeps_conversations_unless_the_workspace_reassigns(site: Site) -> None:

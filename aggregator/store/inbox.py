@@ -48,7 +48,7 @@ SEARCH_CHUNK = 500
 SEARCH_CHUNKS_PER_PAGE = 20
 # Columns update_conversation writes but does not report as changed.
 _NOT_REPORTED = frozenset(
-    {"updated_at", "resolved_at", "language_source", "status_changed_at", "assigned_by"}
+    {"updated_at", "resolved_at", "language_source", "status_changed_at", "assigned_by", "handed_back_by"}
 )
 
 
@@ -409,6 +409,10 @@ class InboxQueries(StoreBase):
                 # Who assigned, in the same write: routing takes back only what routing gave.
                 by = "rule" if actor.startswith("rule:") else "manual"
                 values["assigned_by"] = None if values["assignee_id"] is None else by
+                # A person giving it back: routing will not hand it straight back to the same agent.
+                values["handed_back_by"] = (
+                    current.assignee_id if values["assignee_id"] is None and by == "manual" else None
+                )
             if "language" in change.fields:
                 if change.language is not None and (
                     change.language != current.language or current.language_source != "agent"

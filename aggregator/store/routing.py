@@ -37,6 +37,7 @@ class RoutedConversation:
     team_id: str | None
     assignee_id: str | None
     status: str
+    handed_back_by: str | None = None  # the agent who gave it back: not them again
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +72,7 @@ def _conversation(row: Any) -> RoutedConversation:
         row.team_id,
         row.assignee_id,
         row.status,
+        row.handed_back_by,
     )
 
 
@@ -84,6 +86,7 @@ def _conversation_query() -> Any:
         c.c.team_id,
         c.c.assignee_id,
         c.c.status,
+        c.c.handed_back_by,
     )
 
 
@@ -260,7 +263,7 @@ class RoutingQueries(StoreBase):
                     agent = None
             values: dict[str, Any] = {"team_id": team_id, "updated_at": now}
             if agent is not None:
-                values.update(assignee_id=agent, assigned_by=ROUTING)
+                values.update(assignee_id=agent, assigned_by=ROUTING, handed_back_by=None)
                 changed.insert(0, "assignee_id")
             if not changed:
                 return []

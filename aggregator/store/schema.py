@@ -285,6 +285,9 @@ conversations = Table(
     Column("sla_due_at", UTCDateTime()),
     # Who assigned it: "manual" (an agent or admin: routing never overrides), "routing" or "rule".
     Column("assigned_by", String(16)),
+    # The agent who last gave it back (a person unassigned it): routing gives it to someone else.
+    # Cleared when it is assigned again.
+    Column("handed_back_by", ID),
     # The first customer message no agent has answered yet (NULL when answered): response timers.
     Column("awaiting_since", UTCDateTime()),
     Column("status_changed_at", UTCDateTime()),
