@@ -69,8 +69,6 @@ OFFLINE = "offline"
 _NEVER = datetime.min.replace(tzinfo=UTC)
 # Changes (by others than routing) that call for routing the conversation again.
 _REROUTE = frozenset({"language", "team_id", "status", "assignee_id"})
-# Changes that may have freed an agent's capacity: the queue is tried again.
-_FREED = frozenset({"status", "assignee_id"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,10 +363,26 @@ class RoutingEngine:
             changed = set(event.data.get("changed") or ())
             if changed & _REROUTE:
                 await self.route(event.workspace_id, conversation_id)
-            if changed & _FREED:
+            if "assignee_id" in changed:
+                # Someone's load went down (whose is not said): the whole queue may move.
                 await self.route_queue(event.workspace_id)
+            elif "status" in changed:
+                await self._resolved(event.workspace_id, conversation_id)
             return
         await self.route(event.workspace_id, conversation_id)
+
+    async def _resolved(self, workspace_id: str, conversation_id: str) -> None:
+        """A status change frees capacity only when it resolves: then its assignee's teams' queues move."""
+        conversation = await self.store.routing_conversation(workspace_id, conversation_id)
+        if (
+            conversation is None
+            or conversation.assignee_id is None
+            or conversation.status != ConversationStatus.RESOLVED.value
+        ):
+            return
+        state = await self.store.user_routing_state(workspace_id, conversation.assignee_id)
+        if state is not None and state[1]:
+            await self.route_queue(workspace_id, state[1])
 
     async def _availability_changed(self, event: Event) -> None:
         user_id = event.data.get("user_id")
