@@ -18,6 +18,7 @@ import json
 import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -370,6 +371,15 @@ def rule_event(event: Event) -> str | None:
     return None
 
 
+@dataclass(slots=True)
+class _Seen:
+    """What the rules of one event read of its conversation, until one of them fires."""
+
+    facts: ConversationFacts | None = None
+    text: str | None = None  # the latest customer text (the event's message's, for message.received)
+    text_read: bool = False
+
+
 class RuleEngine:
     name = "automation"
 
@@ -460,11 +470,13 @@ class RuleEngine:
             return
         # conversation.created fires once per conversation whatever the event id (recovery uses it).
         key = "created" if kind == "conversation.created" else event.id
+        # Read once for all the event's rules, again after a rule fired (the next ones see its changes).
+        seen = _Seen()
         for record in await self.store.list_rules(event.workspace_id, event=kind, enabled_only=True):
             if record.id in chain:
                 continue
             try:
-                await self._consider(record, event, kind, conversation_id, chain, key)
+                await self._consider(record, event, kind, conversation_id, chain, key, seen)
             except NotFound:
                 return
             except Exception:
@@ -507,23 +519,33 @@ class RuleEngine:
         conversation_id: str,
         chain: list[str],
         key: str,
+        seen: _Seen | None = None,
     ) -> bool:
-        """Run the rule if its conditions hold and it has not fired for `key`; True when it fired."""
+        """Run the rule if its conditions hold and it has not fired for `key`; True when it fired.
+
+        `seen`: the conversation as the event's earlier rules read it (read here when empty).
+        """
         rule = _parse(record)
         if rule is None:
             return False
         ws = record.workspace_id
-        facts = await self.store.conversation_facts(ws, conversation_id)
-        text = facts.last_inbound_text
-        message_id = event.data.get("message_id")
-        if kind == "message.received" and isinstance(message_id, str):
-            text = await self.store.inbound_text(ws, message_id) or text
+        seen = _Seen() if seen is None else seen
+        if seen.facts is None:
+            seen.facts = await self.store.conversation_facts(ws, conversation_id)
+        if not seen.text_read:
+            seen.text, seen.text_read = seen.facts.last_inbound_text, True
+            message_id = event.data.get("message_id")
+            if kind == "message.received" and isinstance(message_id, str):
+                seen.text = await self.store.inbound_text(ws, message_id) or seen.text
+        facts, text = seen.facts, seen.text
         for condition in rule.conditions:
             if not await self._holds(condition, facts, text, ws):
                 return False
         now = self.clock()
         if not await self.store.claim_rule_firing(ws, record.id, conversation_id, key, now):
             return False
+        # Its actions may change the conversation (a reply, a note: the latest text too).
+        seen.facts, seen.text_read = None, False
         actor = f"rule:{record.id}"
         next_chain = [*chain, record.id]
         changed: set[str] = set()
