@@ -4,6 +4,8 @@ Every event this process publishes (ingest, API, scheduler, the engines' own eff
 `ConversationEngine.listen` by the bus. One task takes them in order and gives each to every handler
 in turn, so a rule that puts a new conversation into a team ("language hu -> team Budapest") has run
 before routing picks the agent, and the SLA timer is computed with the labels and priority the rules set.
+Handlers with `handle_batch` (SLA timers: state recomputed from SQL, so the latest counts) run last,
+on all the events taken together (up to BATCH_LIMIT waiting ones): a burst costs one commit there.
 
 Nothing here is the record: each handler keeps its state in SQL and catches up at start (routing
 takes the unassigned queue, SLA recomputes what changed since it last looked), so an event dropped
@@ -16,13 +18,15 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from aggregator.model import Event
 
 log = logging.getLogger(__name__)
 
 QUEUE_LIMIT = 100_000
+# At most this many queued events are taken together: batch handlers see them in one call.
+BATCH_LIMIT = 200
 
 
 class Handler(Protocol):
@@ -35,6 +39,12 @@ class Handler(Protocol):
 
     async def handle(self, event: Event) -> None:
         """React to one event; exceptions are logged and the next event goes on."""
+
+
+@runtime_checkable
+class BatchHandler(Handler, Protocol):
+    async def handle_batch(self, events: Sequence[Event]) -> None:
+        """React to several events at once (in order, after the other handlers saw each of them)."""
 
 
 class ConversationEngine:
@@ -80,13 +90,26 @@ class ConversationEngine:
         await self._queue.join()
 
     async def _run(self) -> None:
+        batched = [h for h in self.handlers if isinstance(h, BatchHandler)]
+        one_by_one = [h for h in self.handlers if not isinstance(h, BatchHandler)]
         while True:
-            event = await self._queue.get()
+            events = [await self._queue.get()]
+            while len(events) < BATCH_LIMIT and not self._queue.empty():
+                events.append(self._queue.get_nowait())
             try:
-                for handler in self.handlers:
+                for event in events:
+                    for handler in one_by_one:
+                        try:
+                            await handler.handle(event)
+                        except Exception:
+                            log.exception(
+                                "%s failed on %s %s", handler.name, event.type, event.conversation_id
+                            )
+                for batch_handler in batched:
                     try:
-                        await handler.handle(event)
+                        await batch_handler.handle_batch(events)
                     except Exception:
-                        log.exception("%s failed on %s %s", handler.name, event.type, event.conversation_id)
+                        log.exception("%s failed on %d events", batch_handler.name, len(events))
             finally:
-                self._queue.task_done()
+                for _ in events:
+                    self._queue.task_done()

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -312,12 +312,7 @@ class SlaEngine:
         while True:
             stale = await self.store.sla_stale(after, CATCH_UP_BATCH)
             unchanged: list[tuple[str, datetime]] = []
-            for workspace_id, conversation_id in stale:
-                try:
-                    done = await self._refresh(workspace_id, conversation_id)
-                except Exception:
-                    log.exception("SLA catch-up failed for conversation %s", conversation_id)
-                    continue
+            for (_, conversation_id), done in zip(stale, await self._refresh_all(stale), strict=True):
                 if done is not None and done[1].sla_checked_at != done[1].updated_at:
                     unchanged.append((conversation_id, done[1].updated_at))
             await self.store.mark_sla_checked(unchanged)
@@ -335,18 +330,49 @@ class SlaEngine:
             self._task = None
 
     async def handle(self, event: Event) -> None:
-        if event.type in REFRESH_EVENTS and event.conversation_id is not None:
-            await self._refresh(event.workspace_id, event.conversation_id)
-        elif event.type == POLICIES_CHANGED:
-            await self.retime(event.workspace_id)
+        await self.handle_batch([event])
+
+    async def handle_batch(self, events: Sequence[Event]) -> None:
+        """React to events taken together: each conversation's timers recomputed once, in one read and
+        at most one write transaction (a burst of messages costs one commit, not one each)."""
+        items: dict[tuple[str, str], None] = {}
+        for event in events:
+            if event.type in REFRESH_EVENTS and event.conversation_id is not None:
+                items[(event.workspace_id, event.conversation_id)] = None
+            elif event.type == POLICIES_CHANGED:
+                await self.retime(event.workspace_id)
+        await self._refresh_all(list(items))
+
+    async def _refresh_all(
+        self, items: Sequence[tuple[str, str]], *, retarget: bool = False
+    ) -> list[tuple[SlaPlan, SlaFacts] | None]:
+        """Refresh (workspace id, conversation id) pairs together, CATCH_UP_BATCH at a time; a batch
+        that fails is done again one by one, so that one bad conversation holds up no other."""
+        results: list[tuple[SlaPlan, SlaFacts] | None] = []
+        for start in range(0, len(items), CATCH_UP_BATCH):
+            chunk = items[start : start + CATCH_UP_BATCH]
+            try:
+                results.extend(await self._refresh_many(chunk, retarget=retarget))
+                continue
+            except Exception:
+                if len(chunk) == 1:
+                    log.exception("SLA timers of conversation %s not computed", chunk[0][1])
+                    results.append(None)
+                    continue
+            for workspace_id, conversation_id in chunk:
+                try:
+                    results.append(await self._refresh(workspace_id, conversation_id, retarget=retarget))
+                except Exception:
+                    log.exception("SLA timers of conversation %s not computed", conversation_id)
+                    results.append(None)
+        return results
 
     async def retime(self, workspace_id: str) -> int:
         """Refresh every conversation of the workspace a policy change may affect; how many."""
         after, count = "", 0
         while True:
             ids = await self.store.sla_retime_ids(workspace_id, after, CATCH_UP_BATCH)
-            for conversation_id in ids:
-                await self._refresh(workspace_id, conversation_id, retarget=True)
+            await self._refresh_all([(workspace_id, conversation_id) for conversation_id in ids], retarget=True)
             count += len(ids)
             if len(ids) < CATCH_UP_BATCH:
                 return count
@@ -363,18 +389,32 @@ class SlaEngine:
     async def _refresh(
         self, workspace_id: str, conversation_id: str, *, retarget: bool = False
     ) -> tuple[SlaPlan, SlaFacts] | None:
-        hours = (await self.settings.get(workspace_id)).hours
+        return (await self._refresh_many([(workspace_id, conversation_id)], retarget=retarget))[0]
+
+    async def _refresh_many(
+        self, items: Sequence[tuple[str, str]], *, retarget: bool = False
+    ) -> list[tuple[SlaPlan, SlaFacts] | None]:
+        hours = {ws: (await self.settings.get(ws)).hours for ws in dict.fromkeys(ws for ws, _ in items)}
         now = self.clock()
-        result = await self.store.refresh_sla(
-            conversation_id, lambda facts: plan(facts, hours, now, retarget=retarget)
+
+        def planner(workspace_id: str, facts: SlaFacts) -> SlaPlan:
+            return plan(facts, hours.get(workspace_id), now, retarget=retarget)
+
+        results = await self.store.refresh_sla_many([cid for _, cid in items], planner)
+        soonest = min(
+            (
+                r.next_fire_at
+                for result in results
+                if result is not None
+                for r in result[0].timers
+                if r.next_fire_at is not None
+            ),
+            default=None,
         )
-        if result is not None:
-            timers = result[0].timers
-            soonest = min((r.next_fire_at for r in timers if r.next_fire_at is not None), default=None)
-            if soonest is not None and (self._next_fire is None or soonest < self._next_fire):
-                self._next_fire = soonest
-                self._wake.set()
-        return result
+        if soonest is not None and (self._next_fire is None or soonest < self._next_fire):
+            self._next_fire = soonest
+            self._wake.set()
+        return results
 
     async def fire_due(self, now: datetime) -> int:
         """Fire every warning and breach due at `now`, each once: how many fired."""

@@ -267,7 +267,14 @@ class SlaQueries(StoreBase):
         async with self.read() as conn:
             return (await conn.execute(select(c.c.workspace_id).where(c.c.id == conversation_id))).scalar()
 
-    async def _sla_facts(self, conn: AsyncConnection, conversation_id: str) -> SlaFacts | None:
+    async def _sla_facts(
+        self,
+        conn: AsyncConnection,
+        conversation_id: str,
+        shared: dict[str, tuple[list[SlaPolicyRecord], dict[str, dict[str, Any]]]] | None = None,
+    ) -> SlaFacts | None:
+        """The conversation's SLA facts; `shared` keeps each workspace's policies and calendars for
+        the other conversations read in the same transaction."""
         c, ca, tm, cal, p, st = (
             t.conversations,
             t.channel_accounts,
@@ -286,18 +293,27 @@ class SlaQueries(StoreBase):
         ).first()
         if row is None:
             return None
-        policies = [
-            _policy(r)
-            for r in await conn.execute(
-                select(p).where(p.c.workspace_id == row.workspace_id).order_by(p.c.position, p.c.name, p.c.id)
+        known = None if shared is None else shared.get(row.workspace_id)
+        if known is None:
+            known = (
+                [
+                    _policy(r)
+                    for r in await conn.execute(
+                        select(p)
+                        .where(p.c.workspace_id == row.workspace_id)
+                        .order_by(p.c.position, p.c.name, p.c.id)
+                    )
+                ],
+                {
+                    r.id: dict(r.hours)
+                    for r in await conn.execute(
+                        select(cal.c.id, cal.c.hours).where(cal.c.workspace_id == row.workspace_id)
+                    )
+                },
             )
-        ]
-        calendars = {
-            r.id: dict(r.hours)
-            for r in await conn.execute(
-                select(cal.c.id, cal.c.hours).where(cal.c.workspace_id == row.workspace_id)
-            )
-        }
+            if shared is not None:
+                shared[row.workspace_id] = known
+        policies, calendars = known
         timers = {
             r.metric: _timer(r)
             for r in await conn.execute(select(st).where(st.c.conversation_id == conversation_id))
@@ -330,60 +346,87 @@ class SlaQueries(StoreBase):
         self, conversation_id: str, planner: Callable[[SlaFacts], SlaPlan]
     ) -> tuple[SlaPlan, SlaFacts] | None:
         """Recompute a conversation's timers from its facts (never bumps updated_at): (the plan, the facts
-        it was made from). Planned on a read first: most messages change nothing (no policy applies,
-        or the customer writes again while waiting), and then nothing is written, not even
-        sla_checked_at (`mark_sla_checked` does that in bulk for the catch-up)."""
-        c, st = t.conversations, t.sla_timers
+        it was made from); None when it does not exist. See refresh_sla_many."""
+        return (await self.refresh_sla_many([conversation_id], lambda _ws, facts: planner(facts)))[0]
+
+    async def refresh_sla_many(
+        self, conversation_ids: Sequence[str], planner: Callable[[str, SlaFacts], SlaPlan]
+    ) -> list[tuple[SlaPlan, SlaFacts] | None]:
+        """Recompute the timers of these conversations (each as refresh_sla does), in one read and at
+        most one write transaction; `planner(workspace id, facts)`. Planned on a read first: most
+        messages change nothing (no policy applies, or the customer writes again while waiting), and
+        then nothing is written, not even sla_checked_at (`mark_sla_checked` does that in bulk for the
+        catch-up). Those that change are read again and written in the write transaction."""
+        results: list[tuple[SlaPlan, SlaFacts] | None] = [None] * len(conversation_ids)
+        stale: list[int] = []
         async with self.read() as conn:
-            facts = await self._sla_facts(conn, conversation_id)
+            shared: dict[str, tuple[list[SlaPolicyRecord], dict[str, dict[str, Any]]]] = {}
+            for index, conversation_id in enumerate(conversation_ids):
+                facts = await self._sla_facts(conn, conversation_id, shared)
+                if facts is None:
+                    continue
+                plan = planner(facts.workspace_id, facts)
+                results[index] = (plan, facts)
+                if not facts.unchanged_by(plan):
+                    stale.append(index)
+        if not stale:
+            return results
+        async with self.write() as conn:
+            shared = {}
+            for index in stale:
+                results[index] = await self._write_sla(conn, conversation_ids[index], planner, shared)
+        return results
+
+    async def _write_sla(
+        self,
+        conn: AsyncConnection,
+        conversation_id: str,
+        planner: Callable[[str, SlaFacts], SlaPlan],
+        shared: dict[str, tuple[list[SlaPolicyRecord], dict[str, dict[str, Any]]]],
+    ) -> tuple[SlaPlan, SlaFacts] | None:
+        c, st = t.conversations, t.sla_timers
+        facts = await self._sla_facts(conn, conversation_id, shared)
         if facts is None:
             return None
-        plan = planner(facts)
-        if facts.unchanged_by(plan):
-            return plan, facts
-        async with self.write() as conn:
-            facts = await self._sla_facts(conn, conversation_id)
-            if facts is None:
-                return None
-            plan = planner(facts)
-            checked = dataclasses.replace(facts, sla_checked_at=facts.updated_at)
-            old = sorted(facts.timers.values(), key=lambda r: r.metric)
-            new = sorted(plan.timers, key=lambda r: r.metric)
-            if old != new:
-                await conn.execute(delete(st).where(st.c.conversation_id == conversation_id))
-                if new:
-                    await conn.execute(
-                        insert(st),
-                        [
-                            {
-                                "conversation_id": conversation_id,
-                                "workspace_id": facts.workspace_id,
-                                "metric": r.metric,
-                                "policy_id": r.policy_id,
-                                "started_at": r.started_at,
-                                "due_at": r.due_at,
-                                "warn_at": r.warn_at,
-                                "paused_at": r.paused_at,
-                                "remaining_seconds": r.remaining_seconds,
-                                "stopped_at": r.stopped_at,
-                                "warned_at": r.warned_at,
-                                "breached_at": r.breached_at,
-                                "next_fire_at": r.next_fire_at,
-                            }
-                            for r in new
-                        ],
-                    )
-            await conn.execute(
-                update(c)
-                .where(c.c.id == conversation_id)
-                .values(
-                    sla_due_at=plan.due_at,
-                    sla_state=plan.state,
-                    sla_breached_at=plan.breached_at,
-                    sla_checked_at=facts.updated_at,
+        plan = planner(facts.workspace_id, facts)
+        checked = dataclasses.replace(facts, sla_checked_at=facts.updated_at)
+        old = sorted(facts.timers.values(), key=lambda r: r.metric)
+        new = sorted(plan.timers, key=lambda r: r.metric)
+        if old != new:
+            await conn.execute(delete(st).where(st.c.conversation_id == conversation_id))
+            if new:
+                await conn.execute(
+                    insert(st),
+                    [
+                        {
+                            "conversation_id": conversation_id,
+                            "workspace_id": facts.workspace_id,
+                            "metric": r.metric,
+                            "policy_id": r.policy_id,
+                            "started_at": r.started_at,
+                            "due_at": r.due_at,
+                            "warn_at": r.warn_at,
+                            "paused_at": r.paused_at,
+                            "remaining_seconds": r.remaining_seconds,
+                            "stopped_at": r.stopped_at,
+                            "warned_at": r.warned_at,
+                            "breached_at": r.breached_at,
+                            "next_fire_at": r.next_fire_at,
+                        }
+                        for r in new
+                    ],
                 )
+        await conn.execute(
+            update(c)
+            .where(c.c.id == conversation_id)
+            .values(
+                sla_due_at=plan.due_at,
+                sla_state=plan.state,
+                sla_breached_at=plan.breached_at,
+                sla_checked_at=facts.updated_at,
             )
-            return plan, checked
+        )
+        return plan, checked
 
     async def mark_sla_checked(self, checked: Sequence[tuple[str, datetime]]) -> None:
         """Record that the timers of these (conversation id, updated_at) are computed, unless the
