@@ -29,10 +29,11 @@ Rows:
   so an event costs about list_rules + facts [+ inbound_text] + R x parse + firings x (claim + update +
   audit + facts again).
 
-What dominates (at 102e4da plus the read-once change, 2 cores): an event with 50 rules that fires
-nothing costs ~3-4 ms (it was 55-80 ms when every rule read the conversation again); each firing ~8 ms,
-its three write transactions (claim, change, audit) each fsync'd. The rules query (~1.3 ms at 50
-rules) is the whole floor when no rule applies (~0.75 ms at none); a cache would save that much.
+What dominates (at bc89338 plus the reader-thread change, 2 cores): an event with 50 rules that fires
+nothing costs ~1.7-2.1 ms (55-80 ms when every rule read the conversation again through aiosqlite);
+each firing ~6-7 ms, its three write transactions (claim, change, audit) each fsync'd. The rules query
+(~0.9 ms at 50 rules, one hand-off to a reader thread) is the whole floor when no rule applies (~0.3
+ms at none).
 """
 
 from __future__ import annotations

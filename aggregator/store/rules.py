@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, insert, select, text, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -132,8 +133,8 @@ class RuleQueries(StoreBase):
         if enabled_only:
             query = query.where(r.c.enabled == 1)
         query = query.order_by(r.c.workspace_id, r.c.position, r.c.name, r.c.id)
-        async with self.read() as conn:
-            return [_record(row) for row in (await conn.execute(query)).all()]
+        # Read for every event: one hand-off to a reader thread.
+        return await self.read_sync(lambda conn: [_record(row) for row in conn.execute(query).all()])
 
     async def create_rule(
         self, workspace_id: str, definition: dict[str, Any], now: datetime, *, source: str = "api"
@@ -322,36 +323,37 @@ class RuleQueries(StoreBase):
 
     async def conversation_facts(self, workspace_id: str, conversation_id: str) -> ConversationFacts:
         c, ca, co, tm, m = t.conversations, t.channel_accounts, t.contacts, t.teams, t.messages
-        async with self.read() as conn:
-            row = (
-                await conn.execute(
-                    select(
-                        c,
-                        ca.c.kind.label("channel_kind"),
-                        ca.c.name.label("channel_name"),
-                        co.c.name.label("contact_name"),
-                        co.c.email.label("contact_email"),
-                        co.c.attributes.label("contact_attributes"),
-                        tm.c.lead_id.label("team_lead_id"),
-                    )
-                    .join(ca, ca.c.id == c.c.channel_account_id)
-                    .join(co, co.c.id == c.c.contact_id)
-                    .outerjoin(tm, tm.c.id == c.c.team_id)
-                    .where(c.c.id == conversation_id, c.c.workspace_id == workspace_id)
+
+        def work(conn: Connection) -> tuple[Any, Any]:
+            row = conn.execute(
+                select(
+                    c,
+                    ca.c.kind.label("channel_kind"),
+                    ca.c.name.label("channel_name"),
+                    co.c.name.label("contact_name"),
+                    co.c.email.label("contact_email"),
+                    co.c.attributes.label("contact_attributes"),
+                    tm.c.lead_id.label("team_lead_id"),
                 )
+                .join(ca, ca.c.id == c.c.channel_account_id)
+                .join(co, co.c.id == c.c.contact_id)
+                .outerjoin(tm, tm.c.id == c.c.team_id)
+                .where(c.c.id == conversation_id, c.c.workspace_id == workspace_id)
             ).first()
             if row is None:
-                raise NotFound(f"no conversation with id {conversation_id!r}")
-            inbound = (
-                await conn.execute(
-                    select(m.c.text, m.c.reply_text)
-                    .where(
-                        m.c.conversation_id == conversation_id, m.c.direction == "in", m.c.kind == "message"
-                    )
-                    .order_by(m.c.created_at.desc(), m.c.id.desc())
-                    .limit(1)
-                )
+                return None, None
+            inbound = conn.execute(
+                select(m.c.text, m.c.reply_text)
+                .where(m.c.conversation_id == conversation_id, m.c.direction == "in", m.c.kind == "message")
+                .order_by(m.c.created_at.desc(), m.c.id.desc())
+                .limit(1)
             ).first()
+            return row, inbound
+
+        # Read for every event a rule listens to: one hand-off to a reader thread.
+        row, inbound = await self.read_sync(work)
+        if row is None:
+            raise NotFound(f"no conversation with id {conversation_id!r}")
         return ConversationFacts(
             id=row.id,
             workspace_id=row.workspace_id,
@@ -379,14 +381,10 @@ class RuleQueries(StoreBase):
     async def inbound_text(self, workspace_id: str, message_id: str) -> str | None:
         """The new text of a customer message (None when it is not one)."""
         m = t.messages
-        async with self.read() as conn:
-            row = (
-                await conn.execute(
-                    select(m.c.text, m.c.reply_text, m.c.direction).where(
-                        m.c.id == message_id, m.c.workspace_id == workspace_id
-                    )
-                )
-            ).first()
+        query = select(m.c.text, m.c.reply_text, m.c.direction).where(
+            m.c.id == message_id, m.c.workspace_id == workspace_id
+        )
+        row = await self.read_sync(lambda conn: conn.execute(query).first())
         if row is None or row.direction != "in":
             return None
         return str(row.reply_text or row.text)
