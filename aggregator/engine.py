@@ -4,8 +4,10 @@ Every event this process publishes (ingest, API, scheduler, the engines' own eff
 `ConversationEngine.listen` by the bus. One task takes them in order and gives each to every handler
 in turn, so a rule that puts a new conversation into a team ("language hu -> team Budapest") has run
 before routing picks the agent, and the SLA timer is computed with the labels and priority the rules set.
-Handlers with `handle_batch` (SLA timers: state recomputed from SQL, so the latest counts) run last,
-on all the events taken together (up to BATCH_LIMIT waiting ones): a burst costs one commit there.
+Handlers with `handle_batch` (routing, then SLA timers) run after the others, on all the events
+taken together (up to BATCH_LIMIT waiting ones), in their order: a burst costs them one commit, not
+one a conversation. Both decide from SQL as it is then, so the latest state counts; rules see each
+event before routing has looked at any of the batch (a rule that sets a team still comes first).
 
 Nothing here is the record: each handler keeps its state in SQL and catches up at start (routing
 takes the unassigned queue, SLA recomputes what changed since it last looked), so an event dropped

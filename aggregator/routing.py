@@ -33,6 +33,10 @@ ones when they reopen). Only "online" agents get conversations.
 Catch-up: at start and every `SWEEP_SECONDS` the whole queue is routed again, so an event lost in a
 crash, a full pipeline or a change made by another process only delays a decision.
 
+Batches: what the engine hands over together (a burst of new conversations), and each page of the
+queue, is decided on one read of the teams and agents and written in one transaction, each write still
+checking its conversation and agent; a decision the write refuses is made again alone.
+
 Presence lease: the same sweep (whether routing is enabled or not) sets offline every agent the live
 stream made online whose lease was not renewed for `PRESENCE_LEASE` seconds: the process serving
 their stream died (several processes may share the database, so none can reset all at start). Their
@@ -285,9 +289,7 @@ class RoutingEngine:
         snapshot = _Snapshot(self.store, workspace_id, await self.store.routing_teams(workspace_id))
         while True:
             page, after = await self.store.routing_queue(workspace_id, team_ids=team_ids, after=after)
-            for conversation in page:
-                if await self._route(snapshot, conversation):
-                    assigned += 1
+            assigned += await self._route_together(snapshot, page)
             if after is None or self._stopping.is_set():
                 return assigned
 
@@ -324,16 +326,94 @@ class RoutingEngine:
                 snapshot.assigned(agent.id, now)
             else:
                 snapshot.drop(agent.id)
-        if changed and self.publish is not None:
+        if changed:
+            await self._announce(conversation.workspace_id, conversation.id, changed)
+        return "assignee_id" in changed
+
+    async def handle_batch(self, events: Sequence[Event]) -> None:
+        """Events taken together: the conversations to route (new, reopened, a customer's message) are
+        decided on one read of the teams and agents and written in one transaction; the others are
+        handled one by one, in order, first."""
+        wanted: dict[str, dict[str, None]] = {}
+        for event in events:
+            conversation_id = event.conversation_id or event.data.get("conversation_id")
+            routes = event.type in ("conversation.created", "conversation.reopened") or (
+                event.type == "message.created"
+                and event.data.get("direction") == "in"
+                and event.data.get("kind", "message") == "message"
+            )
+            if routes and isinstance(conversation_id, str):
+                wanted.setdefault(event.workspace_id, {})[conversation_id] = None
+            else:
+                try:
+                    await self.handle(event)
+                except Exception:
+                    log.exception("routing failed on %s %s", event.type, event.conversation_id)
+        for workspace_id, ids in wanted.items():
+            try:
+                if (await self.settings.get(workspace_id)).routing.enabled:
+                    await self._route_many(workspace_id, list(ids))
+            except Exception:
+                log.exception("routing %d conversations of workspace %s failed", len(ids), workspace_id)
+
+    async def _route_many(self, workspace_id: str, conversation_ids: Sequence[str]) -> None:
+        waiting = [
+            c
+            for c in await self.store.routing_conversations(workspace_id, conversation_ids)
+            if c.assignee_id is None and c.status == ConversationStatus.OPEN.value
+        ]
+        if not waiting:
+            return
+        snapshot = _Snapshot(self.store, workspace_id, await self.store.routing_teams(workspace_id))
+        await self._route_together(snapshot, waiting)
+
+    async def _route_together(self, snapshot: _Snapshot, waiting: Sequence[RoutedConversation]) -> int:
+        """Decide for each (open, unassigned) conversation, then write them all in one transaction; how
+        many were given to an agent."""
+        workspace_id = snapshot.workspace_id
+        decisions: list[tuple[RoutedConversation, str, str | None]] = []
+        for conversation in waiting:
+            team = choose_team(
+                ConversationFacts(conversation.channel_account_id, conversation.language, conversation.team_id),
+                snapshot.teams,
+            )
+            if team is None:
+                continue
+            agent = choose_agent(
+                conversation.language, await snapshot.agents(team), exclude=conversation.handed_back_by
+            )
+            if agent is None and conversation.team_id == team.id:
+                continue  # waits in its team's queue already
+            if agent is not None:
+                snapshot.assigned(agent.id, self.clock())
+            decisions.append((conversation, team.id, agent.id if agent else None))
+        now = self.clock()
+        written = await self.store.route_conversations(
+            workspace_id, [(c.id, team_id, agent_id) for c, team_id, agent_id in decisions], now
+        )
+        assigned = 0
+        for (conversation, _, agent_id), changed in zip(decisions, written, strict=True):
+            if changed:
+                await self._announce(conversation.workspace_id, conversation.id, changed)
+            if "assignee_id" in changed:
+                assigned += 1
+            elif agent_id is not None:
+                # The agent did not fit after all (another process gave them one): decide again.
+                snapshot.drop(agent_id)
+                if await self.route(workspace_id, conversation.id):
+                    assigned += 1
+        return assigned
+
+    async def _announce(self, workspace_id: str, conversation_id: str, changed: list[str]) -> None:
+        if self.publish is not None:
             await self.publish(
                 Event(
                     "conversation.updated",
-                    conversation.workspace_id,
-                    {"conversation_id": conversation.id, "changed": changed, "by": ROUTING},
-                    conversation.id,
+                    workspace_id,
+                    {"conversation_id": conversation_id, "changed": changed, "by": ROUTING},
+                    conversation_id,
                 )
             )
-        return "assignee_id" in changed
 
     async def handle(self, event: Event) -> None:
         if event.type not in (

@@ -12,7 +12,7 @@ or none (unknown). Rows:
   file (read the conversation, the teams and the team's agents with their open load, then the
   conditional assignment with its audit row, in a write transaction), for --conversations new ones.
 - engine, sweep: `RoutingEngine.sweep` routing a queue of --conversations at once (teams read once, each
-  team's agents once, then one write per conversation).
+  team's agents once, then one write transaction per page of 500).
 """
 
 from __future__ import annotations

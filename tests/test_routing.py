@@ -329,6 +329,33 @@ async def test_capacity_freed_by_resolving_takes_the_next_from_the_queue(daemon:
     assert (await site.assignment(third))[0] == site.bela
 
 
+async def test_a_burst_is_routed_together_within_capacity(daemon: Daemon) -> None:
+    site = await _site(daemon, online=("anna", "bela"))
+    await site.configure(enabled=False)
+    burst = [await site.write(HUNGARIAN, f"c{n}", hint="hu") for n in range(6)]
+    manual = burst.pop()
+    await site.change(manual, site.anna, assignee_id=site.anna)  # a person's, meanwhile
+    await site.configure(enabled=True)
+    events = [
+        Event(kind, site.workspace_id, {"conversation_id": c, "direction": "in"}, c)
+        for c in [*burst, manual]
+        for kind in ("conversation.created", "message.created")
+    ]
+    await site.daemon.routing.handle_batch(events)
+    assigned = [(await site.assignment(c))[0] for c in burst]
+    # Capacity 2 each, and Anna has the one a person gave her: Béla two, Anna one, two wait.
+    assert sorted(a for a in assigned if a) == sorted([site.anna, site.bela, site.bela])
+    assert [await site.assignment(c) for c in burst if (await site.assignment(c))[0] is None] == [
+        (None, site.budapest, None)
+    ] * 2
+    assert await site.assignment(manual) == (site.anna, None, "manual")  # a person's: left alone
+    # Each decision is its own audit event, the batch notwithstanding.
+    rows = await sql(
+        site.store, "SELECT count(*) AS n FROM audit_events WHERE type = 'conversation.assigned'"
+    )
+    assert rows[0].n == 3
+
+
 async def test_manual_assignment_is_never_overridden(site: Site) -> None:
     conversation = await site.write(HUNGARIAN, "c1", hint="hu")
     assert (await site.assignment(conversation))[0] is not None

@@ -128,6 +128,15 @@ class RoutingQueries(StoreBase):
         row = await self.read_sync(lambda conn: conn.execute(query).first())
         return None if row is None else _conversation(row)
 
+    async def routing_conversations(self, workspace_id: str, conversation_ids: Sequence[str]) -> list[RoutedConversation]:
+        """Those of these conversations that exist in the workspace, in the order given."""
+        c = t.conversations
+        ids = list(dict.fromkeys(conversation_ids))
+        query = _conversation_query().where(c.c.id.in_(ids), c.c.workspace_id == workspace_id)
+        rows = await self.read_sync(lambda conn: conn.execute(query).all())
+        found = {row.id: _conversation(row) for row in rows}
+        return [found[cid] for cid in ids if cid in found]
+
     async def routing_queue(
         self,
         workspace_id: str,
@@ -235,52 +244,24 @@ class RoutingQueries(StoreBase):
         (another process may have given them one meanwhile). Returns the fields changed: [] when nothing
         was done, ["team_id"] when it only joined the team's queue.
         """
-        c, u = t.conversations, t.users
+        done = await self.route_conversations(workspace_id, [(conversation_id, team_id, agent_id)], now)
+        return done[0]
 
-        def work(conn: Connection) -> list[str]:
-            current = conn.execute(
-                select(c.c.team_id).where(
-                    c.c.id == conversation_id,
-                    c.c.workspace_id == workspace_id,
-                    c.c.assignee_id.is_(None),
-                    c.c.status == ConversationStatus.OPEN.value,
-                )
-            ).first()
-            if current is None:
-                return []
-            changed = [] if current.team_id == team_id else ["team_id"]
-            agent = agent_id
-            if agent is not None:
-                fits = conn.execute(
-                    select(u.c.capacity, _open_count(u.c.workspace_id, u.c.id)).where(
-                        u.c.id == agent,
-                        u.c.workspace_id == workspace_id,
-                        u.c.availability == "online",
-                        u.c.deactivated_at.is_(None),
-                    )
-                ).first()
-                if fits is None or int(fits[1]) >= int(fits[0]):
-                    agent = None
-            values: dict[str, Any] = {"team_id": team_id, "updated_at": now}
-            if agent is not None:
-                values.update(assignee_id=agent, assigned_by=ROUTING, handed_back_by=None)
-                changed.insert(0, "assignee_id")
-            if not changed:
-                return []
-            done = conn.execute(
-                update(c).where(c.c.id == conversation_id, c.c.assignee_id.is_(None)).values(**values)
-            )
-            if not done.rowcount:
-                return []
-            if agent is not None:
-                conn.execute(update(u).where(u.c.id == agent).values(last_assigned_at=now))
-                data = {"assignee_id": agent, "team_id": team_id}
-                conn.execute(_audit(workspace_id, conversation_id, "conversation.assigned", data, now))
-            else:
-                data = {"team_id": team_id}
-                conn.execute(_audit(workspace_id, conversation_id, "conversation.queued", data, now))
-            return changed
+    async def route_conversations(
+        self, workspace_id: str, decisions: Sequence[tuple[str, str, str | None]], now: datetime
+    ) -> list[list[str]]:
+        """Apply routing's (conversation id, team id, agent id or None) decisions as route_conversation
+        does each, in one write transaction (each checked in turn: the load an earlier one added counts);
+        the fields changed, for each."""
 
+        def work(conn: Connection) -> list[list[str]]:
+            return [
+                _route_one(conn, workspace_id, conversation_id, team_id, agent_id, now)
+                for conversation_id, team_id, agent_id in decisions
+            ]
+
+        if not decisions:
+            return []
         async with self.write() as conn:
             return await conn.run_sync(work)
 
@@ -309,3 +290,51 @@ class RoutingQueries(StoreBase):
 
         async with self.write() as conn:
             return await conn.run_sync(work)
+
+
+def _route_one(
+    conn: Connection, workspace_id: str, conversation_id: str, team_id: str, agent_id: str | None, now: datetime
+) -> list[str]:
+    c, u = t.conversations, t.users
+    current = conn.execute(
+        select(c.c.team_id).where(
+            c.c.id == conversation_id,
+            c.c.workspace_id == workspace_id,
+            c.c.assignee_id.is_(None),
+            c.c.status == ConversationStatus.OPEN.value,
+        )
+    ).first()
+    if current is None:
+        return []
+    changed = [] if current.team_id == team_id else ["team_id"]
+    agent = agent_id
+    if agent is not None:
+        fits = conn.execute(
+            select(u.c.capacity, _open_count(u.c.workspace_id, u.c.id)).where(
+                u.c.id == agent,
+                u.c.workspace_id == workspace_id,
+                u.c.availability == "online",
+                u.c.deactivated_at.is_(None),
+            )
+        ).first()
+        if fits is None or int(fits[1]) >= int(fits[0]):
+            agent = None
+    values: dict[str, Any] = {"team_id": team_id, "updated_at": now}
+    if agent is not None:
+        values.update(assignee_id=agent, assigned_by=ROUTING, handed_back_by=None)
+        changed.insert(0, "assignee_id")
+    if not changed:
+        return []
+    done = conn.execute(
+        update(c).where(c.c.id == conversation_id, c.c.assignee_id.is_(None)).values(**values)
+    )
+    if not done.rowcount:
+        return []
+    if agent is not None:
+        conn.execute(update(u).where(u.c.id == agent).values(last_assigned_at=now))
+        data = {"assignee_id": agent, "team_id": team_id}
+        conn.execute(_audit(workspace_id, conversation_id, "conversation.assigned", data, now))
+    else:
+        data = {"team_id": team_id}
+        conn.execute(_audit(workspace_id, conversation_id, "conversation.queued", data, now))
+    return changed

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, delete, func, insert, literal, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -267,81 +268,6 @@ class SlaQueries(StoreBase):
         async with self.read() as conn:
             return (await conn.execute(select(c.c.workspace_id).where(c.c.id == conversation_id))).scalar()
 
-    async def _sla_facts(
-        self,
-        conn: AsyncConnection,
-        conversation_id: str,
-        shared: dict[str, tuple[list[SlaPolicyRecord], dict[str, dict[str, Any]]]] | None = None,
-    ) -> SlaFacts | None:
-        """The conversation's SLA facts; `shared` keeps each workspace's policies and calendars for
-        the other conversations read in the same transaction."""
-        c, ca, tm, cal, p, st = (
-            t.conversations,
-            t.channel_accounts,
-            t.teams,
-            t.calendars,
-            t.sla_policies,
-            t.sla_timers,
-        )
-        row = (
-            await conn.execute(
-                select(c, ca.c.kind.label("channel_kind"), tm.c.calendar_id.label("team_calendar_id"))
-                .join(ca, ca.c.id == c.c.channel_account_id)
-                .outerjoin(tm, tm.c.id == c.c.team_id)
-                .where(c.c.id == conversation_id)
-            )
-        ).first()
-        if row is None:
-            return None
-        known = None if shared is None else shared.get(row.workspace_id)
-        if known is None:
-            known = (
-                [
-                    _policy(r)
-                    for r in await conn.execute(
-                        select(p)
-                        .where(p.c.workspace_id == row.workspace_id)
-                        .order_by(p.c.position, p.c.name, p.c.id)
-                    )
-                ],
-                {
-                    r.id: dict(r.hours)
-                    for r in await conn.execute(
-                        select(cal.c.id, cal.c.hours).where(cal.c.workspace_id == row.workspace_id)
-                    )
-                },
-            )
-            if shared is not None:
-                shared[row.workspace_id] = known
-        policies, calendars = known
-        timers = {
-            r.metric: _timer(r)
-            for r in await conn.execute(select(st).where(st.c.conversation_id == conversation_id))
-        }
-        return SlaFacts(
-            conversation_id=row.id,
-            workspace_id=row.workspace_id,
-            channel_account_id=row.channel_account_id,
-            channel_kind=row.channel_kind,
-            status=row.status,
-            priority=row.priority,
-            labels=list(row.labels or []),
-            team_calendar=calendars.get(row.team_calendar_id) if row.team_calendar_id else None,
-            awaiting_since=row.awaiting_since,
-            first_response_at=row.first_response_at,
-            status_changed_at=row.status_changed_at,
-            created_at=row.created_at,
-            updated_at=row.updated_at,
-            sla_policy_id=row.sla_policy_id,
-            policies=policies,
-            calendars=calendars,
-            timers=timers,
-            sla_due_at=row.sla_due_at,
-            sla_state=row.sla_state,
-            sla_breached_at=row.sla_breached_at,
-            sla_checked_at=row.sla_checked_at,
-        )
-
     async def refresh_sla(
         self, conversation_id: str, planner: Callable[[SlaFacts], SlaPlan]
     ) -> tuple[SlaPlan, SlaFacts] | None:
@@ -352,81 +278,31 @@ class SlaQueries(StoreBase):
     async def refresh_sla_many(
         self, conversation_ids: Sequence[str], planner: Callable[[str, SlaFacts], SlaPlan]
     ) -> list[tuple[SlaPlan, SlaFacts] | None]:
-        """Recompute the timers of these conversations (each as refresh_sla does), in one read and at
+        """Recompute the timers of these conversations (each as refresh_sla does) in one read and at
         most one write transaction; `planner(workspace id, facts)`. Planned on a read first: most
         messages change nothing (no policy applies, or the customer writes again while waiting), and
         then nothing is written, not even sla_checked_at (`mark_sla_checked` does that in bulk for the
-        catch-up). Those that change are read again and written in the write transaction."""
-        results: list[tuple[SlaPlan, SlaFacts] | None] = [None] * len(conversation_ids)
-        stale: list[int] = []
-        async with self.read() as conn:
-            shared: dict[str, tuple[list[SlaPolicyRecord], dict[str, dict[str, Any]]]] = {}
-            for index, conversation_id in enumerate(conversation_ids):
-                facts = await self._sla_facts(conn, conversation_id, shared)
-                if facts is None:
-                    continue
-                plan = planner(facts.workspace_id, facts)
-                results[index] = (plan, facts)
-                if not facts.unchanged_by(plan):
-                    stale.append(index)
+        catch-up). Those that change are read again, planned and written in the write transaction."""
+        ids = list(conversation_ids)
+        read = await self.read_sync(lambda conn: _sla_facts(conn, ids))
+        results: list[tuple[SlaPlan, SlaFacts] | None] = [None] * len(ids)
+        stale: list[str] = []
+        for index, conversation_id in enumerate(ids):
+            facts = read.get(conversation_id)
+            if facts is None:
+                continue
+            plan = planner(facts.workspace_id, facts)
+            results[index] = (plan, facts)
+            if not facts.unchanged_by(plan) and conversation_id not in stale:
+                stale.append(conversation_id)
         if not stale:
             return results
         async with self.write() as conn:
-            shared = {}
-            for index in stale:
-                results[index] = await self._write_sla(conn, conversation_ids[index], planner, shared)
-        return results
-
-    async def _write_sla(
-        self,
-        conn: AsyncConnection,
-        conversation_id: str,
-        planner: Callable[[str, SlaFacts], SlaPlan],
-        shared: dict[str, tuple[list[SlaPolicyRecord], dict[str, dict[str, Any]]]],
-    ) -> tuple[SlaPlan, SlaFacts] | None:
-        c, st = t.conversations, t.sla_timers
-        facts = await self._sla_facts(conn, conversation_id, shared)
-        if facts is None:
-            return None
-        plan = planner(facts.workspace_id, facts)
-        checked = dataclasses.replace(facts, sla_checked_at=facts.updated_at)
-        old = sorted(facts.timers.values(), key=lambda r: r.metric)
-        new = sorted(plan.timers, key=lambda r: r.metric)
-        if old != new:
-            await conn.execute(delete(st).where(st.c.conversation_id == conversation_id))
-            if new:
-                await conn.execute(
-                    insert(st),
-                    [
-                        {
-                            "conversation_id": conversation_id,
-                            "workspace_id": facts.workspace_id,
-                            "metric": r.metric,
-                            "policy_id": r.policy_id,
-                            "started_at": r.started_at,
-                            "due_at": r.due_at,
-                            "warn_at": r.warn_at,
-                            "paused_at": r.paused_at,
-                            "remaining_seconds": r.remaining_seconds,
-                            "stopped_at": r.stopped_at,
-                            "warned_at": r.warned_at,
-                            "breached_at": r.breached_at,
-                            "next_fire_at": r.next_fire_at,
-                        }
-                        for r in new
-                    ],
-                )
-        await conn.execute(
-            update(c)
-            .where(c.c.id == conversation_id)
-            .values(
-                sla_due_at=plan.due_at,
-                sla_state=plan.state,
-                sla_breached_at=plan.breached_at,
-                sla_checked_at=facts.updated_at,
-            )
-        )
-        return plan, checked
+            written = await conn.run_sync(lambda sync: _write_sla(sync, stale, planner))
+        return [
+            written.get(cid, None if cid in stale else result)
+            for cid, result in zip(ids, results, strict=True)
+        ]
 
     async def mark_sla_checked(self, checked: Sequence[tuple[str, datetime]]) -> None:
         """Record that the timers of these (conversation id, updated_at) are computed, unless the
@@ -578,3 +454,115 @@ class SlaQueries(StoreBase):
                 if row.conversation_id not in best or rank < best[row.conversation_id][0]:
                     best[row.conversation_id] = (rank, row.metric, row.policy_id)
             return {cid: (value[1], value[2]) for cid, value in best.items()}
+
+
+def _sla_facts(conn: Connection, conversation_ids: Sequence[str]) -> dict[str, SlaFacts]:
+    """The SLA facts of these conversations (those that exist), by id, in a handful of queries."""
+    c, ca, tm, cal, p, st = (
+        t.conversations,
+        t.channel_accounts,
+        t.teams,
+        t.calendars,
+        t.sla_policies,
+        t.sla_timers,
+    )
+    ids = list(dict.fromkeys(conversation_ids))
+    if not ids:
+        return {}
+    rows = conn.execute(
+        select(c, ca.c.kind.label("channel_kind"), tm.c.calendar_id.label("team_calendar_id"))
+        .join(ca, ca.c.id == c.c.channel_account_id)
+        .outerjoin(tm, tm.c.id == c.c.team_id)
+        .where(c.c.id.in_(ids))
+    ).all()
+    if not rows:
+        return {}
+    workspaces = sorted({row.workspace_id for row in rows})
+    policies: dict[str, list[SlaPolicyRecord]] = {ws: [] for ws in workspaces}
+    for r in conn.execute(
+        select(p).where(p.c.workspace_id.in_(workspaces)).order_by(p.c.position, p.c.name, p.c.id)
+    ):
+        policies[r.workspace_id].append(_policy(r))
+    calendars: dict[str, dict[str, dict[str, Any]]] = {ws: {} for ws in workspaces}
+    for r in conn.execute(
+        select(cal.c.id, cal.c.workspace_id, cal.c.hours).where(cal.c.workspace_id.in_(workspaces))
+    ):
+        calendars[r.workspace_id][r.id] = dict(r.hours)
+    timers: dict[str, dict[str, TimerRow]] = {row.id: {} for row in rows}
+    for r in conn.execute(select(st).where(st.c.conversation_id.in_(list(timers)))):
+        timers[r.conversation_id][r.metric] = _timer(r)
+    found: dict[str, SlaFacts] = {}
+    for row in rows:
+        known = calendars[row.workspace_id]
+        found[row.id] = SlaFacts(
+            conversation_id=row.id,
+            workspace_id=row.workspace_id,
+            channel_account_id=row.channel_account_id,
+            channel_kind=row.channel_kind,
+            status=row.status,
+            priority=row.priority,
+            labels=list(row.labels or []),
+            team_calendar=known.get(row.team_calendar_id) if row.team_calendar_id else None,
+            awaiting_since=row.awaiting_since,
+            first_response_at=row.first_response_at,
+            status_changed_at=row.status_changed_at,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+            sla_policy_id=row.sla_policy_id,
+            policies=policies[row.workspace_id],
+            calendars=known,
+            timers=timers[row.id],
+            sla_due_at=row.sla_due_at,
+            sla_state=row.sla_state,
+            sla_breached_at=row.sla_breached_at,
+            sla_checked_at=row.sla_checked_at,
+        )
+    return found
+
+
+def _write_sla(
+    conn: Connection, conversation_ids: Sequence[str], planner: Callable[[str, SlaFacts], SlaPlan]
+) -> dict[str, tuple[SlaPlan, SlaFacts]]:
+    """In a write transaction: read these conversations' facts again, plan and store their timers."""
+    c, st = t.conversations, t.sla_timers
+    written: dict[str, tuple[SlaPlan, SlaFacts]] = {}
+    for conversation_id, facts in _sla_facts(conn, conversation_ids).items():
+        plan = planner(facts.workspace_id, facts)
+        old = sorted(facts.timers.values(), key=lambda r: r.metric)
+        new = sorted(plan.timers, key=lambda r: r.metric)
+        if old != new:
+            conn.execute(delete(st).where(st.c.conversation_id == conversation_id))
+            if new:
+                conn.execute(
+                    insert(st),
+                    [
+                        {
+                            "conversation_id": conversation_id,
+                            "workspace_id": facts.workspace_id,
+                            "metric": r.metric,
+                            "policy_id": r.policy_id,
+                            "started_at": r.started_at,
+                            "due_at": r.due_at,
+                            "warn_at": r.warn_at,
+                            "paused_at": r.paused_at,
+                            "remaining_seconds": r.remaining_seconds,
+                            "stopped_at": r.stopped_at,
+                            "warned_at": r.warned_at,
+                            "breached_at": r.breached_at,
+                            "next_fire_at": r.next_fire_at,
+                        }
+                        for r in new
+                    ],
+                )
+        conn.execute(
+            update(c)
+            .where(c.c.id == conversation_id)
+            .values(
+                sla_due_at=plan.due_at,
+                sla_state=plan.state,
+                sla_breached_at=plan.breached_at,
+                sla_checked_at=facts.updated_at,
+            )
+        )
+        written[conversation_id] = (plan, dataclasses.replace(facts, sla_checked_at=facts.updated_at))
+    return written
