@@ -28,6 +28,17 @@ WRK_SCRIPT = BENCH_DIR / "wrk_signed.lua"
 SECRET = "bench-secret-0123456789abcdef"
 
 
+def in_process_settings(data_dir: Path) -> Any:
+    """Settings for a store opened in the benchmark's own process: SQLite under data_dir, no Redis,
+    the ingest writer in-process (aggregator.config.Settings; imported here, not at the top, so that
+    the HTTP benchmarks do not load the daemon)."""
+    from aggregator.config import Settings
+
+    return Settings(
+        data_dir=data_dir, redis_url=None, database_url=None, secret_key=None, ingest={"writer_process": False}
+    )
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))

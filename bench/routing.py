@@ -28,7 +28,6 @@ from pathlib import Path
 
 from sqlalchemy import insert, update
 
-from aggregator.config import Settings
 from aggregator.daemon import open_store
 from aggregator.model import Role, new_id
 from aggregator.routing import ConversationFacts, RoutingEngine, choose_agent, choose_team
@@ -36,7 +35,7 @@ from aggregator.store import Store
 from aggregator.store import schema as t
 from aggregator.store.routing import RoutingAgent, RoutingTeam
 from aggregator.workspace import SettingsCache
-from bench._common import print_table
+from bench._common import in_process_settings, print_table
 
 LANGUAGES = ("de", "en", "hu", "fr", "it", "pl")
 ACCOUNTS = ("amazon", "ebay", "shop", "mail")
@@ -202,14 +201,7 @@ async def add_conversations(
 async def engine_rows(agents: int, teams: int, conversations: int) -> list[list[str]]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-routing-") as tmp:
-        settings = Settings(
-            data_dir=Path(tmp),
-            redis_url=None,
-            database_url=None,
-            secret_key=None,
-            ingest={"writer_process": False},
-        )
-        store = open_store(settings)
+        store = open_store(in_process_settings(Path(tmp)))
         try:
             ws, waiting = await _fill(store, agents, teams, conversations)
             engine = RoutingEngine(store, SettingsCache(store.workspace_settings), clock=lambda: T0)

@@ -53,14 +53,13 @@ import aiohttp
 from sqlalchemy import func, insert, select
 
 from aggregator.automation import RuleDefinition, RuleEngine, _parse
-from aggregator.config import Settings
 from aggregator.daemon import open_store
 from aggregator.model import Event, new_id
 from aggregator.store import Store
 from aggregator.store import schema as t
 from aggregator.store.inbox import ConversationChange
 from aggregator.workspace import SettingsCache
-from bench._common import MessageFactory, print_table
+from bench._common import MessageFactory, in_process_settings, print_table
 from bench.routing import add_conversations
 from channels.base import Registry
 
@@ -255,14 +254,7 @@ async def part_rows(bench: Bench, lookups: int) -> list[list[str]]:
 
 async def run(rules: int, matching: int, events: int, rule_events: int, lookups: int) -> list[list[str]]:
     with tempfile.TemporaryDirectory(prefix="bench-rules-") as tmp:
-        settings = Settings(
-            data_dir=Path(tmp),
-            redis_url=None,
-            database_url=None,
-            secret_key=None,
-            ingest={"writer_process": False},
-        )
-        store = open_store(settings)
+        store = open_store(in_process_settings(Path(tmp)))
         try:
             await store.migrate()
             workspace, _ = await store.ensure_workspace("bench-rules")
