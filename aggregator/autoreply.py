@@ -160,6 +160,10 @@ class AutoReplier:
         if facts is None:
             return None
         settings = await self.settings.get(facts.workspace_id)
+        rules = settings.auto_replies
+        away = rules.out_of_hours
+        if not (away.enabled and away.template is not None) and facts.channel_account_id not in rules.acknowledge:
+            return None  # no automatic reply is set up for it: no hours to look up
         # The hours that apply to this conversation (its team's calendar, or the one the out-of-hours
         # reply names, else the workspace's), for the decision and for the template's opens_at.
         hours = await conversation_hours(
@@ -167,7 +171,7 @@ class AutoReplier:
             self.settings,
             facts.workspace_id,
             facts.conversation_id,
-            settings.auto_replies.out_of_hours.calendar_id,
+            away.calendar_id,
         )
         if hours is not settings.hours:
             settings = settings.model_copy(update={"hours": hours})
