@@ -301,34 +301,7 @@ class RoutingEngine:
         if conversation.status != ConversationStatus.OPEN.value:
             return False
         snapshot = _Snapshot(self.store, workspace_id, await self.store.routing_teams(workspace_id))
-        return await self._route(snapshot, conversation)
-
-    async def _route(self, snapshot: _Snapshot, conversation: RoutedConversation) -> bool:
-        team = choose_team(
-            ConversationFacts(conversation.channel_account_id, conversation.language, conversation.team_id),
-            snapshot.teams,
-        )
-        if team is None:
-            return False
-        agent = choose_agent(
-            conversation.language, await snapshot.agents(team), exclude=conversation.handed_back_by
-        )
-        if agent is None and conversation.team_id == team.id:
-            return False  # waits in its team's queue already
-        now = self.clock()
-        # The sweep and the event handler may both have counted this agent's load: the write checks
-        # it again, in the transaction that assigns.
-        changed = await self.store.route_conversation(
-            conversation.workspace_id, conversation.id, team.id, agent.id if agent else None, now
-        )
-        if agent is not None:
-            if "assignee_id" in changed:
-                snapshot.assigned(agent.id, now)
-            else:
-                snapshot.drop(agent.id)
-        if changed:
-            await self._announce(conversation.workspace_id, conversation.id, changed)
-        return "assignee_id" in changed
+        return await self._route_together(snapshot, [conversation], again=False) == 1
 
     async def handle_batch(self, events: Sequence[Event]) -> None:
         """Events taken together: the conversations to route (new, reopened, a customer's message) are
@@ -367,9 +340,13 @@ class RoutingEngine:
         snapshot = _Snapshot(self.store, workspace_id, await self.store.routing_teams(workspace_id))
         await self._route_together(snapshot, waiting)
 
-    async def _route_together(self, snapshot: _Snapshot, waiting: Sequence[RoutedConversation]) -> int:
+    async def _route_together(
+        self, snapshot: _Snapshot, waiting: Sequence[RoutedConversation], *, again: bool = True
+    ) -> int:
         """Decide for each (open, unassigned) conversation, then write them all in one transaction; how
-        many were given to an agent."""
+        many were given to an agent. The write checks each agent's load again (the sweep and the event
+        handler, or another process, may have given them one meanwhile); `again`: a conversation whose
+        agent no longer fitted is decided once more, alone (else it waits for the next chance)."""
         workspace_id = snapshot.workspace_id
         decisions: list[tuple[RoutedConversation, str, str | None]] = []
         for conversation in waiting:
@@ -398,9 +375,8 @@ class RoutingEngine:
             if "assignee_id" in changed:
                 assigned += 1
             elif agent_id is not None:
-                # The agent did not fit after all (another process gave them one): decide again.
                 snapshot.drop(agent_id)
-                if await self.route(workspace_id, conversation.id):
+                if again and await self.route(workspace_id, conversation.id):
                     assigned += 1
         return assigned
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 
 from aggregator.store import schema
 from aggregator.store.engine import alembic_config
@@ -102,10 +102,7 @@ def test_0008_adds_who_set_the_availability_and_downgrades(tmp_path: Path) -> No
     assert tuple(row) == ("online", None)
 
     engine = create_engine(url)
-    with engine.begin() as conn:
-        config = alembic_config()
-        config.attributes["connection"] = conn
-        command.downgrade(config, "0007")
+    _downgrade(engine, "0007")
     with engine.connect() as conn:
         columns = {r[1] for r in conn.execute(text("PRAGMA table_info(users)"))}
         count = conn.execute(text("SELECT count(*) FROM users")).scalar_one()
@@ -121,11 +118,15 @@ def test_0009_adds_who_handed_a_conversation_back_and_downgrades(tmp_path: Path)
     with engine.connect() as conn:
         columns = {r[1] for r in conn.execute(text("PRAGMA table_info(conversations)"))}
     assert "handed_back_by" in columns
-    with engine.begin() as conn:
-        config = alembic_config()
-        config.attributes["connection"] = conn
-        command.downgrade(config, "0008")
+    _downgrade(engine, "0008")
     with engine.connect() as conn:
         columns = {r[1] for r in conn.execute(text("PRAGMA table_info(conversations)"))}
     engine.dispose()
     assert "handed_back_by" not in columns and "assigned_by" in columns
+
+
+def _downgrade(engine: Engine, revision: str) -> None:
+    with engine.begin() as conn:
+        config = alembic_config()
+        config.attributes["connection"] = conn
+        command.downgrade(config, revision)
